@@ -1,0 +1,79 @@
+// psqe compiled core: shapes and semantics of every op, stated once.
+//
+// All ops live in the `psqe` namespace of the PyTorch dispatcher
+// (TORCH_LIBRARY_FRAGMENT in csrc/ops/<op>.cpp, kernels per device in
+// csrc/ops/{cpu,cuda}/). Argument checks shared by every device are declared
+// here and defined next to each schema, so CPU and CUDA reject the same input
+// with the same message.
+//
+// ---------------------------------------------------------------------------
+// topk_similarity(Tensor a, Tensor b, int k, Tensor? exclude=None)
+//     -> (Tensor values, Tensor indices)
+//   a [n, d], b [m, d]: float16 / bfloat16 / float32 / float64, same dtype and
+//   device, finite. For every row i of a: the kk = min(k, m) largest values of
+//   the row a[i] @ b^T, sorted descending, ties broken by the smaller column
+//   index. values: float32 (float64 when the inputs are float64; half inputs
+//   accumulate in float32). indices: int64 column numbers into b.
+//   exclude: optional bool [m]; columns where it is true are never returned.
+//   When fewer than kk columns remain, the tail of the row is padded with
+//   value -inf and index -1 (the output shape never depends on the data).
+//   1 <= k <= kMaxTopK. Memory beyond inputs and outputs is one GEMM tile
+//   (rows x columns of a fixed budget), never n x m.
+//
+// greedy_match(Tensor scores, Tensor rows, Tensor cols, int? limit=None,
+//              Tensor? used_rows=None, Tensor? used_cols=None) -> Tensor
+//   scores [c] floating and finite, rows [c] / cols [c] int64 >= 0.
+//   Walk the candidates in the strict order (score desc, row asc, col asc,
+//   position asc) and keep a candidate when neither its row nor its column is
+//   used yet; stop after `limit` kept candidates (no limit: walk them all).
+//   used_rows / used_cols: optional int64 lists of rows / columns that count
+//   as used from the start. Returns int64 [S]: positions into the candidate
+//   arrays of the kept candidates, in selection order. Every device returns
+//   exactly the same tensor.
+//
+// mic_keep(Tensor left, Tensor right, bool both_directions=False) -> Tensor
+//   left [s, d], right [s, d], same dtype/device, finite; pair k is
+//   (left[k], right[k]). keep[k] is true when <left[k], right[k]> is the
+//   maximum of row k of left @ right^T (a tie with another column keeps the
+//   pair: the paper drops a seed only when M_kk != max_l M_kl); with
+//   both_directions also the maximum of column k. Modality weights are
+//   applied by the caller by scaling the features (see psqe.ops.mic_keep).
+//   Tiled like topk_similarity: no s x s matrix.
+// ---------------------------------------------------------------------------
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace psqe {
+
+// Largest k accepted by topk_similarity on every device. The CUDA selection
+// keeps a row's k candidates in shared memory; 2048 64-bit keys is 16 KiB.
+constexpr int64_t kMaxTopK = 2048;
+
+// Shared argument checks (defined in csrc/ops/<op>.cpp). They throw
+// c10::Error through TORCH_CHECK with the offending sizes in the message.
+void check_topk_similarity_args(const at::Tensor& a, const at::Tensor& b,
+                                int64_t k,
+                                const std::optional<at::Tensor>& exclude);
+
+// Returns {max row index, max column index} over candidates and the pre-used
+// lists (-1 when there are none), so kernels can size their "used" arrays.
+std::pair<int64_t, int64_t> check_greedy_match_args(
+    const at::Tensor& scores, const at::Tensor& rows, const at::Tensor& cols,
+    std::optional<int64_t> limit, const std::optional<at::Tensor>& used_rows,
+    const std::optional<at::Tensor>& used_cols);
+
+void check_mic_keep_args(const at::Tensor& left, const at::Tensor& right);
+
+// Raises when `t` holds NaN or +-inf, naming `what` and the first bad index.
+void check_all_finite(const at::Tensor& t, const char* what);
+
+// dtype the similarities are accumulated and returned in.
+inline at::ScalarType accumulate_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace psqe

@@ -1,0 +1,164 @@
+"""Greedy one-to-one matching between two embedding tables, on sparse candidates.
+
+The authors' script builds the dense ``|E1| x |E2|`` similarity matrix for
+every greedy selection. Here the candidates are each entity's ``k`` best
+partners in both directions (:func:`psqe.ops.topk_similarity`), walked by
+:func:`psqe.ops.greedy_match`. The result equals the dense greedy walk unless
+some entity's candidate list "ran out"; that is detected and ``k`` doubled.
+
+Why the check is sound: the dense walk can first differ from the sparse one
+only at a pair ``(i, j)`` outside the candidates, ranked below all of row
+``i``'s ``k`` candidates, reached while ``i`` is still free — so by then all of
+``i``'s candidate columns were taken by others (likewise for ``j``), and that
+happened before the walk stopped. :func:`greedy_one_to_one` flags every entity
+for which this may have happened (conservatively) and widens ``k`` until none
+is left or ``k`` covers the whole side.
+
+>>> import torch
+>>> from psqe.matching import greedy_one_to_one
+>>> g = torch.Generator().manual_seed(0)
+>>> a = torch.randn(200, 16, generator=g)
+>>> b = a[torch.randperm(200, generator=g)] + 0.01 * torch.randn(200, 16, generator=g)
+>>> res = greedy_one_to_one(a, b, limit=50, k=4)
+>>> res.rows.shape, res.exact
+(torch.Size([50]), True)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GreedyResult:
+    """Pairs kept by the greedy walk, in selection order.
+
+    Attributes:
+        rows: int64 ``[S]`` indices into ``a``.
+        cols: int64 ``[S]`` indices into ``b``.
+        scores: ``[S]`` similarity of each kept pair.
+        k: candidates per entity in the final attempt.
+        exhausted_rows / exhausted_cols: entities whose candidate list may have
+            run out before the walk ended; both 0 means the result is exactly
+            the dense greedy walk.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    scores: torch.Tensor
+    k: int
+    exhausted_rows: int
+    exhausted_cols: int
+
+    @property
+    def exact(self) -> bool:
+        return self.exhausted_rows == 0 and self.exhausted_cols == 0
+
+
+def _free_mask(size: int, used: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    free = torch.ones(size, dtype=torch.bool, device=device)
+    if used is not None and used.numel():
+        free[used.to(device)] = False
+    return free
+
+
+def _at_risk(
+    lists: torch.Tensor,
+    values: torch.Tensor,
+    owners: torch.Tensor,
+    partner_of_owner: torch.Tensor,
+    other_taken: torch.Tensor,
+    truncated: bool,
+    stop: tuple[float, int, int] | None,
+    owner_is_row: bool,
+) -> int:
+    """How many owners' candidate lists may have run out before the walk stopped."""
+    if not truncated or lists.numel() == 0:
+        return 0
+    # Matched to one of its own candidates: a free candidate existed until then.
+    own_hit = (lists == partner_of_owner[owners].unsqueeze(1)).any(dim=1)
+    all_taken = other_taken[lists].all(dim=1)
+    risk = ~own_hit & all_taken
+    if stop is not None:
+        # Only lists whose worst candidate ranks before the pair the walk
+        # stopped at matter: anything below it is never reached.
+        s, r, c = stop
+        worst_v, worst_other = values[:, -1], lists[:, -1]
+        row = owners if owner_is_row else worst_other
+        col = worst_other if owner_is_row else owners
+        before = (worst_v > s) | ((worst_v == s) & ((row < r) | ((row == r) & (col < c))))
+        risk &= before
+    return int(risk.sum())
+
+
+def greedy_one_to_one(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    limit: int | None = None,
+    k: int = 16,
+    used_rows: torch.Tensor | None = None,
+    used_cols: torch.Tensor | None = None,
+    widen: bool = True,
+) -> GreedyResult:
+    """Greedy one-to-one pairs between rows of ``a`` and rows of ``b`` by ``a @ b.T``.
+
+    Args:
+        a: ``[n, d]`` features of the first side (normalise them for cosine).
+        b: ``[m, d]`` features of the second side.
+        limit: number of pairs to keep (None: until no free pair is left).
+        k: initial candidates per entity and direction.
+        used_rows, used_cols: int64 indices already taken (never matched).
+        widen: double ``k`` (up to ``psqe.ops.MAX_TOPK``) while a list ran out.
+
+    Returns:
+        A :class:`GreedyResult`; ``result.exact`` tells whether it is provably
+        the dense greedy walk (a warning is logged when it is not).
+    """
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"greedy_one_to_one: a and b must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if k < 1:
+        raise ValueError(f"greedy_one_to_one: k must be >= 1, got {k}")
+    n, m, device = a.shape[0], b.shape[0], a.device
+    row_free = _free_mask(n, used_rows, device)
+    col_free = _free_mask(m, used_cols, device)
+    free_r, free_c = row_free.nonzero().squeeze(1), col_free.nonzero().squeeze(1)
+    n_free_r, n_free_c = free_r.numel(), free_c.numel()
+    a_free, b_free = a[free_r], b[free_c]
+    while True:
+        kr, kc = min(k, ops.MAX_TOPK, max(m, 1)), min(k, ops.MAX_TOPK, max(n, 1))
+        vr, ir = ops.topk_similarity(a_free, b, kr, exclude=~col_free)
+        vc, ic = ops.topk_similarity(b_free, a, kc, exclude=~row_free)
+        scores = torch.cat([vr.reshape(-1), vc.reshape(-1)])
+        rows = torch.cat([free_r.repeat_interleave(ir.shape[1]), ic.reshape(-1)])
+        cols = torch.cat([ir.reshape(-1), free_c.repeat_interleave(ic.shape[1])])
+        valid = (rows >= 0) & (cols >= 0)  # -1: padding where a side ran short
+        scores, rows, cols = scores[valid], rows[valid], cols[valid]
+        pos = ops.greedy_match(scores, rows, cols, limit)
+        sel_r, sel_c, sel_s = rows[pos], cols[pos], scores[pos]
+
+        row_partner = torch.full((n,), -1, dtype=torch.long, device=device)
+        col_partner = torch.full((m,), -1, dtype=torch.long, device=device)
+        row_partner[sel_r], col_partner[sel_c] = sel_c, sel_r
+        row_taken, col_taken = ~row_free | (row_partner >= 0), ~col_free | (col_partner >= 0)
+        stop = None
+        if limit is not None and pos.numel() == limit and limit > 0:
+            stop = (float(sel_s[-1]), int(sel_r[-1]), int(sel_c[-1]))
+        risk_r = _at_risk(ir, vr, free_r, row_partner, col_taken, kr < n_free_c, stop, True)
+        risk_c = _at_risk(ic, vc, free_c, col_partner, row_taken, kc < n_free_r, stop, False)
+        complete = kr >= n_free_c and kc >= n_free_r
+        if (risk_r == 0 and risk_c == 0) or not widen or complete or k >= ops.MAX_TOPK:
+            break
+        log.debug("greedy_one_to_one: %d + %d candidate lists ran out at k=%d; widening", risk_r, risk_c, k)
+        k = min(2 * k, ops.MAX_TOPK)
+    if risk_r or risk_c:
+        log.warning(
+            "greedy_one_to_one: %d row and %d column candidate lists ran out at k=%d; the "
+            "result may differ from the dense greedy walk", risk_r, risk_c, k,
+        )
+    return GreedyResult(sel_r, sel_c, sel_s, k, risk_r, risk_c)

@@ -1,0 +1,159 @@
+"""Typed entry points to psqe's compiled core.
+
+Three ops carry every stage of PSQE and every aligner's evaluation:
+
+- :func:`topk_similarity` — fused, tiled top-k of ``a @ b.T`` (no n x m matrix);
+- :func:`greedy_match` — greedy one-to-one selection over scored candidates;
+- :func:`mic_keep` — the MIC check of a seed list (no s x s matrix).
+
+They run the compiled kernels (``torch.ops.psqe.*``, CPU and CUDA) when the
+library is installed, and otherwise the pure-PyTorch oracle of
+:mod:`psqe._reference`; :func:`backend` says which.
+
+>>> import torch, psqe.ops as ops
+>>> a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+>>> b = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.0, 1.0]])
+>>> values, indices = ops.topk_similarity(a, b, k=2)
+>>> indices.tolist()
+[[0, 1], [2, 1]]
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _reference
+from ._library import load
+
+_BUILD_INFO = load()
+#: Largest ``k`` accepted by :func:`topk_similarity` on every backend.
+MAX_TOPK = _reference.MAX_TOPK
+
+if _BUILD_INFO is not None:
+    # Fake kernels: shapes only, so torch.compile / FakeTensor tracing work.
+    # Registered only when the library (and so the op) exists.
+    @torch.library.register_fake("psqe::topk_similarity")
+    def _topk_fake(a, b, k, exclude=None):
+        kk = min(k, b.shape[0])
+        acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+        return a.new_empty((a.shape[0], kk), dtype=acc), a.new_empty((a.shape[0], kk), dtype=torch.long)
+
+    @torch.library.register_fake("psqe::greedy_match")
+    def _greedy_fake(scores, rows, cols, limit=None, used_rows=None, used_cols=None):
+        size = torch.library.get_ctx().new_dynamic_size()
+        return rows.new_empty((size,))
+
+    @torch.library.register_fake("psqe::mic_keep")
+    def _mic_fake(left, right, both_directions=False):
+        return left.new_empty((left.shape[0],), dtype=torch.bool)
+
+
+def backend() -> str:
+    """``"compiled"`` when the compiled core is loaded, else ``"reference"``.
+
+    >>> import psqe.ops
+    >>> psqe.ops.backend() in ("compiled", "reference")
+    True
+    """
+    return "compiled" if _BUILD_INFO is not None else "reference"
+
+
+def backends() -> dict[str, bool]:
+    """What can run: compiled CPU kernels, compiled CUDA kernels, OpenMP threads.
+
+    >>> import psqe.ops
+    >>> sorted(psqe.ops.backends())
+    ['compiled_cpu', 'compiled_cuda', 'openmp']
+    """
+    info = _BUILD_INFO or {}
+    return {
+        "compiled_cpu": _BUILD_INFO is not None,
+        "compiled_cuda": info.get("cuda") == "1",
+        "openmp": info.get("openmp") == "1",
+    }
+
+
+def topk_similarity(
+    a: torch.Tensor, b: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of every row of ``a @ b.T``, without forming it.
+
+    Args:
+        a: ``[n, d]`` float16/bfloat16/float32/float64.
+        b: ``[m, d]`` of the same dtype and device.
+        k: ``1 <= k <= MAX_TOPK``; rows get ``min(k, m)`` entries.
+        exclude: optional bool ``[m]``: columns never returned (used entities).
+
+    Returns:
+        ``(values, indices)``, both ``[n, min(k, m)]``: values sorted
+        descending (float32, or float64 for float64 inputs; half inputs
+        accumulate in float32), ties broken by the smaller column; int64
+        column indices. A row with fewer than ``min(k, m)`` columns left after
+        ``exclude`` is padded with ``-inf`` / ``-1``.
+
+    Example:
+        >>> import torch, psqe.ops as ops
+        >>> a = torch.eye(3)
+        >>> b = torch.tensor([[3.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]])
+        >>> ops.topk_similarity(a, b, k=2, exclude=torch.tensor([True, False, False]))[1].tolist()
+        [[1, 2], [1, 2], [2, 1]]
+    """
+    if _BUILD_INFO is None:
+        return _reference.topk_similarity(a, b, k, exclude)
+    return torch.ops.psqe.topk_similarity(a, b, k, exclude)
+
+
+def greedy_match(
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    limit: int | None = None,
+    used_rows: torch.Tensor | None = None,
+    used_cols: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Greedy one-to-one selection: the positions of the kept candidates.
+
+    Candidates are walked by descending score (ties: smaller row, then smaller
+    column); one is kept when neither its row nor its column is used, until
+    ``limit`` are kept. This is EVA's "unsupervised visual pivoting" walk.
+
+    Args:
+        scores: ``[c]`` floating, finite.
+        rows, cols: ``[c]`` int64 entity indices (>= 0) of each candidate.
+        limit: stop after this many kept pairs (None: walk all).
+        used_rows, used_cols: int64 lists of entities already used.
+
+    Returns:
+        int64 ``[S]`` positions into the candidate arrays, in selection order.
+
+    Example:
+        >>> import torch, psqe.ops as ops
+        >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+        >>> rows, cols = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 0])
+        >>> ops.greedy_match(scores, rows, cols).tolist()
+        [3, 1]
+    """
+    if _BUILD_INFO is None:
+        return _reference.greedy_match(scores, rows, cols, limit, used_rows, used_cols)
+    return torch.ops.psqe.greedy_match(scores, rows, cols, limit, used_rows, used_cols)
+
+
+def mic_keep(left: torch.Tensor, right: torch.Tensor, both_directions: bool = False) -> torch.Tensor:
+    """The MIC check: which seed pairs are each other's best match.
+
+    ``keep[k]`` is true when ``<left[k], right[k]>`` is the largest value of
+    row ``k`` of ``left @ right.T`` (with ``both_directions``, also of column
+    ``k``); a tie keeps the pair. Modality weights: scale the features, e.g.
+    ``left = cat([w_v * norm(v1), w_a * norm(a1), w_r * norm(r1)])`` and
+    ``right = cat([norm(v2), norm(a2), norm(r2)])`` give the weighted sum of
+    per-modality cosines that PSQE uses.
+
+    Example:
+        >>> import torch, psqe.ops as ops
+        >>> left = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
+        >>> right = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> ops.mic_keep(left, right).tolist()
+        [True, False]
+    """
+    if _BUILD_INFO is None:
+        return _reference.mic_keep(left, right, both_directions)
+    return torch.ops.psqe.mic_keep(left, right, both_directions)

@@ -1,0 +1,76 @@
+"""psqe.matching.greedy_one_to_one: sparse candidates == the dense greedy walk."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from psqe import _reference
+from psqe.matching import greedy_one_to_one
+from conftest import integer_features
+
+
+def dense_greedy(a, b, limit=None, used_rows=None, used_cols=None):
+    """Greedy walk over every pair of the dense similarity (exact on integer inputs)."""
+    sim = a @ b.T
+    n, m = sim.shape
+    rows = torch.arange(n).repeat_interleave(m)
+    cols = torch.arange(m).repeat(n)
+    pos = _reference.greedy_match(sim.reshape(-1), rows, cols, limit, used_rows, used_cols)
+    return rows[pos], cols[pos]
+
+
+@pytest.mark.parametrize("n,m,limit,k", [(300, 400, 100, 4), (500, 450, 300, 2), (200, 200, None, 8), (1000, 1200, 1000, 3)])
+def test_equals_dense_greedy(n, m, limit, k):
+    a, b = integer_features(n, 12, seed=n), integer_features(m, 12, seed=m)
+    res = greedy_one_to_one(a, b, limit=limit, k=k)
+    assert res.exact
+    r, c = dense_greedy(a, b, limit)
+    assert torch.equal(res.rows, r) and torch.equal(res.cols, c)
+    torch.testing.assert_close(res.scores, (a[r] * b[c]).sum(1), rtol=0, atol=0)
+
+
+def test_matches_the_scripts_selection_on_planted_features():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(1500, 64, generator=g), dim=1)
+    perm = torch.randperm(1500, generator=g)
+    b = torch.nn.functional.normalize(a[perm] + 0.6 * torch.randn(1500, 64, generator=g), dim=1)
+    res = greedy_one_to_one(a, b, limit=500, k=10)
+    script = _reference.script_greedy(a @ b.T, 500)
+    assert res.exact and list(zip(res.rows.tolist(), res.cols.tolist())) == script
+
+
+def test_small_k_is_detected_and_widened():
+    a, b = integer_features(400, 6, seed=1), integer_features(400, 6, seed=2)
+    narrow = greedy_one_to_one(a, b, limit=None, k=1, widen=False)
+    assert not narrow.exact
+    r, c = dense_greedy(a, b)
+    assert not (torch.equal(narrow.rows, r) and torch.equal(narrow.cols, c))
+    wide = greedy_one_to_one(a, b, limit=None, k=1)
+    assert wide.exact and wide.k > 1
+    assert torch.equal(wide.rows, r) and torch.equal(wide.cols, c)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_flag_is_never_wrong(seed):
+    a, b = integer_features(150, 3, seed=seed, low=-2, high=3), integer_features(170, 3, seed=seed + 50, low=-2, high=3)
+    for k in (1, 2, 3):
+        for limit in (10, 60, None):
+            res = greedy_one_to_one(a, b, limit=limit, k=k, widen=False)
+            if res.exact:
+                r, c = dense_greedy(a, b, limit)
+                assert torch.equal(res.rows, r) and torch.equal(res.cols, c), (k, limit)
+
+
+def test_used_entities_are_respected():
+    a, b = integer_features(300, 10, seed=3), integer_features(300, 10, seed=4)
+    used_r, used_c = torch.arange(0, 300, 2), torch.arange(100)
+    res = greedy_one_to_one(a, b, limit=80, k=4, used_rows=used_r, used_cols=used_c)
+    r, c = dense_greedy(a, b, 80, used_r, used_c)
+    assert res.exact and torch.equal(res.rows, r) and torch.equal(res.cols, c)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        greedy_one_to_one(torch.zeros(3, 2), torch.zeros(3, 2), k=0)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        greedy_one_to_one(torch.zeros(3), torch.zeros(3, 2))
