@@ -36,22 +36,20 @@ def extension():
     # than one thread: torch is built with AT_PARALLEL_OPENMP, whose
     # parallel_for is an inline `#pragma omp parallel` in our own object files.
     cxx = opt + ["-fopenmp", f'-DPSQE_TORCH_VERSION="{torch.__version__}"']
-    kwargs = dict(
-        name="psqe._C",
-        sources=sources,
-        include_dirs=[os.path.join(HERE, "csrc")],
-        extra_link_args=["-fopenmp"],
-    )
+    kwargs = dict(name="psqe._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
         nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        # A toolkit without the math-library headers (cusparse.h, ...) that
+        # torch's CUDA headers include: take them from torch's nvidia-* wheels.
+        kwargs["include_dirs"] += sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "*", "include")))
         return CUDAExtension(
             sources=sources + rel("csrc/ops/cuda/*.cu"),
             extra_compile_args={"cxx": cxx + ["-DPSQE_WITH_CUDA"], "nvcc": nvcc + ["-DPSQE_WITH_CUDA"]},
             **kwargs,
         )
-    return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
 setup(
