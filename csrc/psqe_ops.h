@@ -18,7 +18,10 @@
 //   When fewer than kk columns remain, the tail of the row is padded with
 //   value -inf and index -1 (the output shape never depends on the data).
 //   1 <= k <= kMaxTopK. Memory beyond inputs and outputs is one GEMM tile
-//   (rows x columns of a fixed budget), never n x m.
+//   (rows x columns of a fixed budget) plus the running k candidates of the
+//   rows in flight (at most the output's size), never n x m. Products that
+//   overflow to inf/NaN although the inputs are finite are outside this
+//   contract (devices may order them differently).
 //
 // greedy_match(Tensor scores, Tensor rows, Tensor cols, int? limit=None,
 //              Tensor? used_rows=None, Tensor? used_cols=None) -> Tensor

@@ -41,6 +41,12 @@ constexpr int kThreads = 256;
 // needs no opt-in: kept keys (<= 2048) + survivor buffer.
 constexpr int64_t kSmemBudget = 40 * 1024;
 constexpr int64_t kSurvivorCap = 2048;
+// Review guard: the survivor capacity is kSmemBudget / sizeof(Key) - kk, so a
+// larger kMaxTopK would make it <= 0 for fp64 (16-byte keys) and the select
+// would index shared memory out of bounds; the finalize sort (next power of
+// two >= kk keys) must also stay within the 48 KiB that needs no opt-in.
+static_assert(kSmemBudget / 16 - kMaxTopK >= 512, "survivor buffer too small for kMaxTopK (fp64 keys)");
+static_assert(kMaxTopK <= 2048, "finalize_kernel smem (p2 * 16 bytes) would exceed 48 KiB");
 
 template <typename T>
 struct KeyTraits;
