@@ -1,6 +1,8 @@
 """Knowledge graphs, their loaders and synthetic pairs."""
 from __future__ import annotations
 
+from .common import DatasetError, LoadedPair
 from .kg import KGPair, KnowledgeGraph
+from .layout import load_dataset
 
-__all__ = ["KGPair", "KnowledgeGraph"]
+__all__ = ["DatasetError", "KGPair", "KnowledgeGraph", "LoadedPair", "load_dataset"]

@@ -96,6 +96,8 @@ class KnowledgeGraph:
         """Local indices of global ids; raises naming the first id not in this graph."""
         sorted_ids, order = self._id_lookup
         global_ids = torch.as_tensor(global_ids, dtype=torch.long).contiguous()
+        if global_ids.numel() == 0:  # also for a graph without entities
+            return torch.zeros_like(global_ids)
         pos = torch.searchsorted(sorted_ids, global_ids).clamp(max=max(sorted_ids.numel() - 1, 0))
         found = sorted_ids.numel() > 0 and sorted_ids[pos] == global_ids
         if sorted_ids.numel() == 0 or not bool(found.all()):

@@ -35,18 +35,21 @@ void for_each_similarity_tile(const at::Tensor& a, const at::Tensor& b,
   const int64_t m = b.size(0);
   at::Tensor buffer = at::empty({std::min(n, kRowTile), std::min(m, kColTile)},
                                 a.options().dtype(acc));
+  // The last column block is narrower: a narrowed view of `buffer` would not
+  // be contiguous, so it gets one buffer of its own, made once per call.
+  const int64_t tail_cols = m % kColTile;
+  at::Tensor tail;
+  if (m > kColTile && tail_cols != 0) {
+    tail = at::empty({std::min(n, kRowTile), tail_cols}, buffer.options());
+  }
   for (int64_t r0 = 0; r0 < n; r0 += kRowTile) {
     const int64_t rows = std::min(kRowTile, n - r0);
     const at::Tensor a_blk = a.narrow(0, r0, rows).to(acc);
     for (int64_t c0 = 0; c0 < m; c0 += kColTile) {
       const int64_t cols = std::min(kColTile, m - c0);
       const at::Tensor b_blk = b.narrow(0, c0, cols).to(acc);
-      at::Tensor tile = buffer.narrow(0, 0, rows).narrow(1, 0, cols);
-      if (cols != buffer.size(1)) {
-        // A narrowed last column block is not contiguous inside the buffer;
-        // give it its own (smaller) storage instead.
-        tile = at::empty({rows, cols}, buffer.options());
-      }
+      at::Tensor& store = cols == buffer.size(1) ? buffer : tail;
+      at::Tensor tile = store.narrow(0, 0, rows);
       at::mm_out(tile, a_blk, b_blk.t());
       fn(tile, r0, c0);
     }

@@ -1,0 +1,171 @@
+"""``generate_seeds``: PSQE's three stages end to end, plus the baselines.
+
+Data flow: two :class:`~psqe.data.KnowledgeGraph` objects with features ->
+Stage I (fusion, K-means, per-cluster greedy) -> Stage II (contrastive
+tuning, global sampling, MIC) -> Stage III (neighbourhood expansion,
+recheck) -> seeds as global ids. Every stage works on local indices
+``(kg1 entity, kg2 entity)``; only the result speaks global ids.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data.kg import KGPair, KnowledgeGraph
+from . import metrics
+from .config import PSQEConfig
+from .fusion import active_weights, fuse
+from .mic import mic_filter
+from .stage1 import stage1
+from .stage2_train import tune
+from .stage3 import expand
+from .uvp import greedy_seeds, type_one, type_two
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeedResult:
+    """What :func:`generate_seeds` returns.
+
+    Attributes:
+        seeds: int64 ``[S, 2]`` global ids ``(kg1 entity, kg2 entity)``: the output.
+        stages: stage name -> seeds (global ids) after that stage.
+        timings: stage name -> seconds.
+        quality: stage name -> measures (when gold links were given), else empty.
+        weights: the modality weights actually used (after renormalisation).
+    """
+
+    seeds: torch.Tensor
+    stages: dict[str, torch.Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def modality_tables(kg1: KnowledgeGraph, kg2: KnowledgeGraph, weights: dict[str, float], device: str):
+    """The weighted modalities both graphs have, as float tables on ``device``."""
+    available = set(kg1.features) & set(kg2.features)
+    w = active_weights(weights, available)
+    t1, t2 = {}, {}
+    for m in w:
+        a, b = kg1.features[m], kg2.features[m]
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"modality {m!r}: feature sizes differ between the graphs ({a.shape[1]} vs {b.shape[1]})")
+        t1[m], t2[m] = a.to(device).float(), b.to(device).float()
+    return t1, t2, w
+
+
+def _append_unused(base: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """``base`` followed by the rows of ``extra`` whose two entities ``base`` does not use."""
+    fresh = ~torch.isin(extra[:, 0], base[:, 0]) & ~torch.isin(extra[:, 1], base[:, 1])
+    return torch.cat([base, extra[fresh]])
+
+
+def _check(kg1: KnowledgeGraph, kg2: KnowledgeGraph, cfg: PSQEConfig) -> None:
+    for i, kg in enumerate((kg1, kg2), 1):
+        if kg.num_entities == 0:
+            raise ValueError(f"generate_seeds: kg{i} has no entities")
+    if cfg.budget > min(kg1.num_entities, kg2.num_entities):
+        raise ValueError(
+            f"generate_seeds: budget {cfg.budget} exceeds the smaller graph ({min(kg1.num_entities, kg2.num_entities)} entities)"
+        )
+
+
+def generate_seeds(
+    kg1: KnowledgeGraph, kg2: KnowledgeGraph, config: PSQEConfig | None = None, links: torch.Tensor | None = None
+) -> SeedResult:
+    """PSQE seeds for two knowledge graphs with features attached.
+
+    ``links`` (global ids ``[L, 2]``), when given, are used only to report
+    seed quality per stage, never to choose seeds.
+    """
+    cfg = config or PSQEConfig()
+    _check(kg1, kg2, cfg)
+    pair = KGPair(kg1, kg2, links)
+    torch.manual_seed(cfg.seed)
+    t1, t2, w = modality_tables(kg1, kg2, cfg.weights, cfg.device)
+    result = SeedResult(seeds=torch.empty(0, 2, dtype=torch.long), weights=w)
+    stages: dict[str, torch.Tensor] = {}
+
+    start = time.perf_counter()
+    sim1 = sim2 = None
+    if cfg.stage1_similarity == "raw_relation_attribute":
+        raw = [m for m in ("relation", "attribute") if m in t1]
+        if not raw:
+            raise ValueError("stage1_similarity='raw_relation_attribute' needs relation or attribute features")
+        sim1, sim2 = torch.cat([t1[m] for m in raw], 1), torch.cat([t2[m] for m in raw], 1)
+    s1 = stage1(fuse(t1, w), fuse(t2, w), cfg.budget, cfg.n_clusters, cfg.seed, cfg.kmeans_backend, sim1, sim2)
+    stages["stage1"] = current = s1.seeds.cpu()
+    result.timings["stage1"] = time.perf_counter() - start
+
+    if cfg.use_stage2:
+        start = time.perf_counter()
+        n1 = kg1.num_entities
+        edge_index = pair.union_adjacency.indices().to(cfg.device)
+        tuning = dataclasses.replace(cfg.tuning, device=cfg.device)
+        pair_features = {m: torch.cat([t1[m], t2[m]]) for m in w}
+        pair_seeds = torch.stack([current[:, 0], current[:, 1] + n1], dim=1).to(cfg.device)
+        tuned = tune(pair_features, edge_index, pair_seeds, tuning)
+        tuned1 = {m: h[:n1] for m, h in tuned.items()}
+        tuned2 = {m: h[n1:] for m, h in tuned.items()}
+        stages["stage2_tuned_global"] = glob = greedy_seeds(fuse(tuned1, w), fuse(tuned2, w), cfg.budget, cfg.candidates_k).cpu()
+        current = _append_unused(current, glob)
+        stages["stage2_before_mic"] = current
+        if cfg.use_mic:
+            current = current[mic_filter(current, t1, t2, w, cfg.mic_both_directions).cpu()]
+        stages["stage2"] = current
+        result.timings["stage2"] = time.perf_counter() - start
+
+        if cfg.use_stage3:
+            start = time.perf_counter()
+            new = expand(current, kg1.neighbours(), kg2.neighbours(), _cpu(t1), _cpu(t2), _cpu(tuned1), _cpu(tuned2),
+                         w, cfg.eta, cfg.stage3_schedule)
+            current = torch.cat([current, new])
+            stages["stage3_before_mic"] = current
+            if cfg.use_mic:
+                current = current[mic_filter(current, t1, t2, w, cfg.mic_both_directions).cpu()]
+            stages["stage3"] = current
+            result.timings["stage3"] = time.perf_counter() - start
+
+    result.stages = {name: _to_global(s, kg1, kg2) for name, s in stages.items()}
+    result.seeds = _to_global(current, kg1, kg2)
+    if links is not None:
+        result.quality = {name: _quality(s, pair, s1) for name, s in stages.items()}
+    log.info("PSQE: %d seeds; timings %s", result.seeds.shape[0], {k: round(v, 2) for k, v in result.timings.items()})
+    return result
+
+
+def baseline_seeds(kg1: KnowledgeGraph, kg2: KnowledgeGraph, kind: str, config: PSQEConfig | None = None) -> torch.Tensor:
+    """Type I (``kind="type1"``, EVA's UVP: greedy on the first weighted
+    modality present, the visual one by default) or Type II (``"type2"``,
+    greedy on the fused vectors) seeds, as global ids."""
+    cfg = config or PSQEConfig()
+    _check(kg1, kg2, cfg)
+    t1, t2, w = modality_tables(kg1, kg2, cfg.weights, cfg.device)
+    if kind == "type1":
+        seeds = type_one(t1, t2, cfg.budget, next(iter(w)))
+    elif kind == "type2":
+        seeds = type_two(t1, t2, w, cfg.budget)
+    else:
+        raise ValueError(f"baseline kind must be 'type1' or 'type2', got {kind!r}")
+    return _to_global(seeds.cpu(), kg1, kg2)
+
+
+def _cpu(tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {m: t.cpu() for m, t in tables.items()}
+
+
+def _to_global(seeds: torch.Tensor, kg1: KnowledgeGraph, kg2: KnowledgeGraph) -> torch.Tensor:
+    return torch.stack([kg1.ids[seeds[:, 0]], kg2.ids[seeds[:, 1]]], dim=1) if seeds.numel() else seeds.reshape(0, 2)
+
+
+def _quality(seeds: torch.Tensor, pair: KGPair, s1) -> dict[str, float]:
+    return metrics.seed_quality(
+        seeds, pair.links_local(), pair.kg1.local_triples, pair.kg2.local_triples,
+        pair.kg1.degrees(), pair.kg2.degrees(), s1.labels1.cpu(), s1.labels2.cpu(),
+    )

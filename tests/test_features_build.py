@@ -1,0 +1,125 @@
+"""psqe.features.build: the R1 / R2 feature sets, and the package's docstring examples."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the text encoder needs transformers (psqe[features])")
+
+from features_data import random_pair, tiny_bert
+from psqe.data import KGPair
+from psqe.features import build_feature_set, entity_names, load_feature_set, save_feature_set
+from psqe.features.text import TextEncoder
+
+SMALL_SIM = {"dim": 128, "latent_dim": 16, "budget": 100}
+WORDS = ["paris", "france", "banana", "bread", "city", "river"]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture
+def pair():
+    p = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+    return p
+
+
+def names_for(pair, shift: int = 0) -> dict[int, list[str]]:
+    out = {}
+    for kg in (pair.kg1, pair.kg2):
+        for i, gid in enumerate(kg.ids.tolist()):
+            out[gid] = [WORDS[(i + shift) % 6], WORDS[(i * 7 + shift) % 6]]
+    return out
+
+
+def build(pair, setting, bert, tmp_path, **kw):
+    enc = TextEncoder(bert, cache_dir=tmp_path, progress=False)
+    return build_feature_set(pair, setting, text_encoder=enc, seed=0, glove=False, simulation=SMALL_SIM, **kw)
+
+
+def test_r1(pair, bert, tmp_path):
+    summary = build(pair, "R1", bert, tmp_path, names=names_for(pair))
+    for kg in (pair.kg1, pair.kg2):
+        assert {"visual", "relation", "char", "relation_bag"} <= set(kg.features)
+        assert "attribute" not in kg.features and kg.features["visual"].shape == (500, 32)
+    assert summary["modalities"]["visual"]["source"].startswith("R1")
+    assert summary["absent"]["attribute"] == "no attribute names on kg1 and kg2"
+    assert summary["calibration"] is None
+    # same name -> same visual vector in R1 (names as pivot)
+    enc = TextEncoder(bert, cache_dir=tmp_path, progress=False)
+    torch.testing.assert_close(pair.kg1.features["visual"][0], enc.encode(["paris paris"])[0])
+
+
+def test_r2_keeps_names_out_of_the_seed_slots(pair, bert, tmp_path):
+    summary = build(pair, "R2", bert, tmp_path, names=names_for(pair))
+    cal = summary["calibration"]
+    assert "SIMULATED" in summary["modalities"]["visual"]["source"] and "simulated" in cal["kind"]
+    assert abs(cal["type1_precision"] - 0.75) <= 0.03 and cal["noise_scale"] > 0
+    seed_slots = {k: pair.kg1.features[k].clone() for k in ("visual", "relation")}
+    char = pair.kg1.features["char"].clone()
+    build(pair, "R2", bert, tmp_path, names=names_for(pair, shift=1), noise_scale=cal["noise_scale"])
+    for k, v in seed_slots.items():
+        assert torch.equal(pair.kg1.features[k], v), f"names leaked into {k}"
+    assert not torch.equal(pair.kg1.features["char"], char)  # the aligners' name features do change
+    assert pair.kg1.features["visual"].shape == (500, 128)
+
+
+def test_attributes_when_both_graphs_have_them(pair, bert, tmp_path):
+    for kg in (pair.kg1, pair.kg2):
+        kg.attributes = [[f"http://x/attr_{i % 5}"] if i % 3 else [] for i in range(kg.num_entities)]
+    summary = build(pair, "R1", bert, tmp_path)
+    assert summary["modalities"]["attribute"]["dim"] == 32
+    assert pair.kg1.present["attribute"].tolist() == [bool(i % 3) for i in range(500)]
+    assert summary["modalities"]["attribute_bag"]["dim"] == 5
+
+
+def test_glove_file_and_errors(pair, bert, tmp_path):
+    glove = tmp_path / "g.txt"
+    glove.write_text("paris 1 0\nfrance 0 1\n")
+    enc = TextEncoder(bert, cache_dir=tmp_path, progress=False)
+    summary = build_feature_set(pair, "r1", text_encoder=enc, glove=glove, names=names_for(pair), bags=False)
+    assert summary["modalities"]["name"]["dim"] == 2 and "relation_bag" not in summary["modalities"]
+    with pytest.raises(ValueError, match="gold links"):
+        build_feature_set(KGPair(pair.kg1, pair.kg2), "R2", text_encoder=enc)
+    with pytest.raises(ValueError, match="setting must be one of"):
+        build_feature_set(pair, "R3", text_encoder=enc)
+    fresh = random_pair(n=50, links=40, triples=100, seed=4)
+    with pytest.raises(ValueError, match="R0 needs loaded image features"):
+        build_feature_set(fresh, "R0", text_encoder=enc)
+    fresh.kg1.set_feature("visual", torch.ones(50, 4))
+    fresh.kg2.set_feature("visual", torch.ones(50, 4))
+    summary = build_feature_set(fresh, "R0", text_encoder=enc, glove=False)
+    assert summary["modalities"]["visual"] == {"dim": 4, "coverage": [1.0, 1.0], "source": "R0: loaded image features"}
+
+
+def test_save_and_load_feature_set(pair, bert, tmp_path):
+    summary = build(pair, "R2", bert, tmp_path, noise_scale=0.5)
+    save_feature_set(pair, tmp_path / "f.safetensors", summary)
+    fresh = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+    assert load_feature_set(fresh, tmp_path / "f.safetensors")["setting"] == "R2"
+    assert set(fresh.kg2.features) == set(pair.kg2.features)
+    for name in pair.kg1.features:
+        assert torch.equal(fresh.kg1.features[name], pair.kg1.features[name])
+        assert torch.equal(fresh.kg2.present[name], pair.kg2.present[name])
+    other = random_pair(n=400, links=300, triples=1000, seed=3)
+    with pytest.raises(ValueError, match="entity ids differ"):
+        load_feature_set(other, tmp_path / "f.safetensors")
+    with pytest.raises(FileNotFoundError, match="feature file"):
+        load_feature_set(other, tmp_path / "none.safetensors")
+
+
+def test_entity_names_fall_back_to_uris(pair):
+    n1, n2 = entity_names(pair)
+    assert n1[0] == ["e0"] and len(n2) == 500
+
+
+@pytest.mark.parametrize("name", ["_util", "text", "image", "surface", "simulated", "build"])
+def test_docstring_examples_run(name):
+    module = importlib.import_module(f"psqe.features.{name}")
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
