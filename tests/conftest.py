@@ -4,8 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Nothing is fetched from a model hub in tests: every model loads from a
+# local folder (a tiny one built from a config, or an installed package).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import psqe.ops
 
