@@ -3,16 +3,14 @@
 ``psqe features DATASET --setting R2 --out F`` builds a benchmark feature set
 offline; ``psqe seeds DATASET --features F --out DIR`` writes PSQE seeds
 (TSV, int32 .npy, per-stage files, a JSON report; atomically).
-``psqe info`` reports which backend runs; ``psqe demo`` runs the seed
-selection core end to end on an embedded synthetic pair of two-modality
-embedding tables (a planted one-to-one matching with noise that varies per
-entity): unimodal greedy one-to-one seeds from the fused top-k, then the MIC
-check on the weighted fusion of both modalities, with precision and timings. The full PSQE pipeline over knowledge graphs replaces this demo as
-the main job once it lands.
+``psqe info`` reports which backend runs; ``psqe demo`` is the quick
+start's main job (:mod:`psqe.demo`): PSQE, Type I and Type II seeds on a
+synthetic multimodal KG pair, their quality side by side, and a plot of where
+the seeds fall.
 
 Example (in a shell)::
 
-    psqe demo --entities 20000 --seeds 1000 --seed 0
+    psqe demo --entities 10000 --seeds 1000 --out psqe-demo
 """
 from __future__ import annotations
 
@@ -21,68 +19,13 @@ import dataclasses
 import json
 import logging
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 from . import __version__, ops
-from .matching import greedy_one_to_one
 
 log = logging.getLogger("psqe")
-
-
-def planted_pair(entities: int, dim: int, seed: int, modalities: int = 2):
-    """Noisy views of one latent table, per modality; ``gold[i]`` is the row of b matching row i of a.
-
-    Noise scales are drawn per entity (log-uniform over a factor of 8), so
-    some entities are easy and many are ambiguous, as in real seed mining;
-    every modality adds its own noise. Returns lists of L2-normalised tables.
-    """
-    g = torch.Generator().manual_seed(seed)
-    latent = torch.randn(entities, dim, generator=g)
-    scale = torch.exp(torch.empty(entities, 1).uniform_(0.0, 2.08, generator=g)) * 0.9
-    gold = torch.randperm(entities, generator=g)
-    norm = torch.nn.functional.normalize
-    views_a, views_b = [], []
-    for _ in range(modalities):
-        b = torch.empty(entities, dim)
-        a = latent + scale * torch.randn(entities, dim, generator=g)
-        b[gold] = latent + scale * torch.randn(entities, dim, generator=g)
-        views_a.append(norm(a, dim=1))
-        views_b.append(norm(b, dim=1))
-    return views_a, views_b, gold
-
-
-def precision(rows: torch.Tensor, cols: torch.Tensor, gold: torch.Tensor) -> float | None:
-    return round(float((gold[rows] == cols).float().mean()), 4) if rows.numel() else None
-
-
-def run_demo(entities: int, dim: int, seeds: int, seed: int, device: str, weights=(0.8, 0.2)) -> dict:
-    """Unimodal greedy seeds (EVA's UVP on modality 0), then MIC on the weighted fusion."""
-    views_a, views_b, gold = planted_pair(entities, dim, seed, len(weights))
-    views_a = [v.to(device) for v in views_a]
-    views_b = [v.to(device) for v in views_b]
-    gold = gold.to(device)
-    t0 = time.perf_counter()
-    res = greedy_one_to_one(views_a[0], views_b[0], limit=seeds, k=10)
-    t1 = time.perf_counter()
-    # Weighted sum of per-modality cosines = <cat(w_m a_m), cat(b_m)>.
-    left = torch.cat([w * v[res.rows] for w, v in zip(weights, views_a)], dim=1)
-    right = torch.cat([v[res.cols] for v in views_b], dim=1)
-    keep = ops.mic_keep(left, right)
-    t2 = time.perf_counter()
-    return {
-        "backend": ops.backend(),
-        "device": device,
-        "entities_per_side": entities,
-        "seeds": int(res.rows.numel()),
-        "precision": precision(res.rows, res.cols, gold),
-        "exact_greedy": res.exact,
-        "after_mic": int(keep.sum()),
-        "precision_after_mic": precision(res.rows[keep], res.cols[keep], gold),
-        "seconds_greedy": round(t1 - t0, 3),
-        "seconds_mic": round(t2 - t1, 3),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="which compiled backends are available")
-    demo = sub.add_parser("demo", help="seed selection on an embedded synthetic pair")
-    demo.add_argument("--entities", type=int, default=20000, help="entities per side (default 20000)")
-    demo.add_argument("--dim", type=int, default=64, help="feature size (default 64)")
+    demo = sub.add_parser("demo", help="PSQE vs Type I vs Type II seeds on a synthetic multimodal KG pair")
+    demo.add_argument("--entities", type=int, default=10000, help="entities per side (default 10000)")
     demo.add_argument("--seeds", type=int, default=1000, help="seed budget (default 1000)")
+    demo.add_argument("--epochs", type=int, default=100, help="Stage II tuning epochs (default 100; the paper uses 300)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    demo.add_argument("--out", default="psqe-demo", help="folder for report.json, seeds_*.tsv, seed_distribution.svg "
+                      "(default ./psqe-demo; '-' writes nothing)")
     feats = sub.add_parser("features", help="build a benchmark feature set (R1/R2) for a dataset, offline")
     feats.add_argument("dataset", help="dataset folder, or a name such as DBP15K/zh_en with --root / PSQE_DATA")
     feats.add_argument("--setting", choices=["R0", "R1", "R2"], default="R2")
@@ -124,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         report = {"version": __version__, "backend": ops.backend(), **ops.backends(), "torch": torch.__version__,
                   "threads": torch.get_num_threads(), "cuda_device": torch.cuda.is_available()}
     else:
-        for name in ("entities", "dim", "seeds"):
+        from .demo import run_demo
+
+        for name in ("entities", "seeds"):
             if getattr(args, name) < 1:
                 parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+        if args.epochs < 0:
+            parser.error(f"--epochs must be >= 0, got {args.epochs}")
+        if args.seeds > args.entities:
+            parser.error(f"--seeds {args.seeds} exceeds --entities {args.entities}")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: no CUDA device is available")
-        log.info("demo: %d entities per side, d=%d, budget %d seeds, backend %s", args.entities, args.dim, args.seeds, ops.backend())
-        report = run_demo(args.entities, args.dim, args.seeds, args.seed, args.device)
+        report = run_demo(args.entities, args.seeds, args.epochs, args.seed, args.device, None if args.out == "-" else args.out)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -151,6 +101,7 @@ def _features(args) -> int:
 def _seeds(args, parser) -> int:
     from .data import load_dataset
     from .features import load_feature_set
+    from .seeds.compare import compare_generators, write_distribution_plot
     from .seeds.config import PSQEConfig
     from .seeds.io import write_result
     from .seeds.pipeline import generate_seeds
@@ -174,8 +125,10 @@ def _seeds(args, parser) -> int:
     pair = load_dataset(args.dataset, root=args.root)
     load_feature_set(pair, args.features)
     result = generate_seeds(pair.kg1, pair.kg2, config, links=pair.links)
-    write_result(result, args.out, dataclasses.asdict(config))
-    log.info("wrote %d seeds to %s", result.seeds.shape[0], args.out)
+    _, seeds, quality = compare_generators(pair, config, result=result)
+    write_result(result, args.out, dataclasses.asdict(config), generators=quality)
+    write_distribution_plot(Path(args.out) / "seed_distribution.svg", pair, seeds, result.clusters)
+    log.info("wrote %d seeds, the report and seed_distribution.svg to %s", result.seeds.shape[0], args.out)
     return 0
 
 

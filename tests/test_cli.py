@@ -8,29 +8,61 @@ import pytest
 from psqe.cli import main
 
 
-def test_demo_reports_real_seeds(capsys):
-    assert main(["demo", "--entities", "3000", "--seeds", "300", "--seed", "1"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["seeds"] == 300 and report["exact_greedy"]
-    # Greedy unimodal seeds on this pair are ~70-90% right; a broken top-k or
-    # walk gives ~0 (1 in 3000 by chance).
-    assert report["precision"] > 0.6
-    assert 0 < report["after_mic"] <= 300
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    """One small demo run (3000 entities per side, 300 seeds, 30 epochs), written to a folder."""
+    out = tmp_path_factory.mktemp("demo")
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["demo", "--entities", "3000", "--seeds", "300", "--epochs", "30", "--seed", "1", "--out", str(out)]) == 0
+    return json.loads(buf.getvalue()), out
 
 
-def test_demo_is_deterministic(capsys):
-    main(["demo", "--entities", "2000", "--seeds", "100", "--seed", "3"])
-    first = json.loads(capsys.readouterr().out)
-    main(["demo", "--entities", "2000", "--seeds", "100", "--seed", "3"])
-    second = json.loads(capsys.readouterr().out)
-    for key in ("seeds", "precision", "after_mic", "precision_after_mic"):
-        assert first[key] == second[key]
+def test_demo_reports_three_generators(demo_report):
+    report, out = demo_report
+    gens = report["generators"]
+    assert set(gens) == {"psqe", "type1", "type2"}
+    assert gens["type1"]["count"] == gens["type2"]["count"] == 300
+    # Greedy seeds on the synthetic pair are far above chance (1 in 3000); a
+    # broken top-k, walk or pipeline gives ~0.
+    for name in gens:
+        assert gens[name]["precision"] > 0.4, (name, gens[name])
+    assert gens["psqe"]["count"] >= 250
+    assert report["psqe_stages"]["stage1"]["count"] <= 300
+    # the files next to the report, identical to what was printed
+    assert json.loads((out / "report.json").read_text()) == report
+    rows = (out / "seeds_psqe.tsv").read_text().splitlines()
+    assert len(rows) == gens["psqe"]["count"]
+    svg = (out / "seed_distribution.svg").read_text()
+    assert svg.startswith("<svg") and "Type I (UVP)" in svg and "Stage I cluster" in svg
 
 
-def test_bad_arguments_name_the_option(capsys):
+def test_demo_is_deterministic(demo_report, tmp_path):
+    report, out = demo_report
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        main(["demo", "--entities", "3000", "--seeds", "300", "--epochs", "30", "--seed", "1", "--out", str(tmp_path)])
+    again = json.loads(buf.getvalue())
+    for name in ("psqe", "type1", "type2"):
+        assert again["generators"][name]["precision"] == report["generators"][name]["precision"]
+    assert (tmp_path / "seeds_psqe.tsv").read_text() == (out / "seeds_psqe.tsv").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--seeds", "0"], "--seeds must be >= 1"),
+    (["demo", "--entities", "100", "--seeds", "200"], "--seeds 200 exceeds --entities 100"),
+    (["demo", "--epochs", "-1"], "--epochs must be >= 0"),
+])
+def test_bad_arguments_name_the_option(capsys, argv, message):
     with pytest.raises(SystemExit):
-        main(["demo", "--seeds", "0"])
-    assert "--seeds must be >= 1" in capsys.readouterr().err
+        main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_info(capsys):
@@ -70,6 +102,9 @@ def test_seeds_command_writes_every_file(tmp_path):
     tsv = [tuple(map(int, line.split("\t"))) for line in (out / "seeds.tsv").read_text().splitlines()]
     assert tsv == [tuple(r) for r in seeds.tolist()]
     assert (out / "stage_stage1.tsv").exists() and report["quality"]["stage3"]["precision"] > 0.6
+    assert set(report["generators"]) == {"psqe", "type1", "type2"}
+    assert report["generators"]["psqe"]["count"] == report["seeds"]
+    assert (out / "seed_distribution.svg").read_text().startswith("<svg")
 
 
 

@@ -36,14 +36,19 @@ def precision_recall(seeds: torch.Tensor, gold: torch.Tensor) -> tuple[float, fl
     return correct / seeds.shape[0], correct / max(gold.shape[0], 1)
 
 
+def distribution(labels: torch.Tensor, chosen: torch.Tensor | None = None, k: int | None = None) -> torch.Tensor:
+    """Fraction of the ``chosen`` entities (all when None) per label ``0..k-1`` (float64 ``[k]``)."""
+    k = int(labels.max()) + 1 if k is None else k
+    picked = labels if chosen is None else labels[chosen]
+    return torch.bincount(picked, minlength=k).double() / max(picked.numel(), 1)
+
+
 def total_variation(labels: torch.Tensor, chosen: torch.Tensor) -> float:
     """TV distance between the label distribution of ``chosen`` entities and of all."""
     if chosen.numel() == 0:
         return 1.0
     k = int(labels.max()) + 1
-    p_all = torch.bincount(labels, minlength=k).double() / labels.numel()
-    p_seed = torch.bincount(labels[chosen], minlength=k).double() / chosen.numel()
-    return 0.5 * float((p_all - p_seed).abs().sum())
+    return 0.5 * float((distribution(labels, None, k) - distribution(labels, chosen, k)).abs().sum())
 
 
 def degree_buckets(degrees: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ class SeedResult:
         timings: stage name -> seconds.
         quality: stage name -> measures (when gold links were given), else empty.
         weights: the modality weights actually used (after renormalisation).
+        clusters: Stage I's K-means labels ``(kg1 [N1], kg2 [N2])``, local order.
     """
 
     seeds: torch.Tensor
@@ -45,6 +46,7 @@ class SeedResult:
     timings: dict[str, float] = field(default_factory=dict)
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    clusters: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def modality_tables(kg1: KnowledgeGraph, kg2: KnowledgeGraph, weights: dict[str, float], device: str):
@@ -101,6 +103,7 @@ def generate_seeds(
         sim1, sim2 = torch.cat([t1[m] for m in raw], 1), torch.cat([t2[m] for m in raw], 1)
     s1 = stage1(fuse(t1, w), fuse(t2, w), cfg.budget, cfg.n_clusters, cfg.seed, cfg.kmeans_backend, sim1, sim2)
     stages["stage1"] = current = s1.seeds.cpu()
+    result.clusters = (s1.labels1.cpu(), s1.labels2.cpu())
     result.timings["stage1"] = time.perf_counter() - start
 
     if cfg.use_stage2:
@@ -135,7 +138,7 @@ def generate_seeds(
     result.stages = {name: _to_global(s, kg1, kg2) for name, s in stages.items()}
     result.seeds = _to_global(current, kg1, kg2)
     if links is not None:
-        result.quality = {name: _quality(s, pair, s1) for name, s in stages.items()}
+        result.quality = {name: _quality(s, pair, result.clusters) for name, s in stages.items()}
     log.info("PSQE: %d seeds; timings %s", result.seeds.shape[0], {k: round(v, 2) for k, v in result.timings.items()})
     return result
 
@@ -164,8 +167,17 @@ def _to_global(seeds: torch.Tensor, kg1: KnowledgeGraph, kg2: KnowledgeGraph) ->
     return torch.stack([kg1.ids[seeds[:, 0]], kg2.ids[seeds[:, 1]]], dim=1) if seeds.numel() else seeds.reshape(0, 2)
 
 
-def _quality(seeds: torch.Tensor, pair: KGPair, s1) -> dict[str, float]:
+def _quality(seeds: torch.Tensor, pair: KGPair, clusters: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+    labels1, labels2 = clusters if clusters is not None else (None, None)
     return metrics.seed_quality(
-        seeds, pair.links_local(), pair.kg1.local_triples, pair.kg2.local_triples,
-        pair.kg1.degrees(), pair.kg2.degrees(), s1.labels1.cpu(), s1.labels2.cpu(),
+        seeds, pair.links_local() if pair.links is not None else None, pair.kg1.local_triples, pair.kg2.local_triples,
+        pair.kg1.degrees(), pair.kg2.degrees(), labels1, labels2,
     )
+
+
+def seed_quality(pair: KGPair, seeds: torch.Tensor, clusters: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """The quality measures of any seed set (global ids ``[S, 2]``) on ``pair``:
+    precision/recall when the pair has gold links, coverage always, the cluster
+    TV distance when ``clusters`` (e.g. ``SeedResult.clusters``) are given."""
+    local = torch.stack([pair.kg1.to_local(seeds[:, 0]), pair.kg2.to_local(seeds[:, 1])], dim=1)
+    return _quality(local, pair, clusters)
