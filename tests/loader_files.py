@@ -68,3 +68,12 @@ def replace_line(path: Path, line: int, text: str) -> None:
     else:
         lines[line - 1] = text
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_pair_folder(pair, folder: Path) -> Path:
+    """An EVA-layout folder holding a :class:`psqe.data.KGPair`'s entities, triples and links."""
+    for k, kg in ((1, pair.kg1), (2, pair.kg2)):
+        _write(folder / f"ent_ids_{k}", [f"{i}\t{name}" for i, name in zip(kg.ids.tolist(), kg.names)])
+        _write(folder / f"triples_{k}", ["\t".join(map(str, t)) for t in kg.triples.tolist()])
+    _write(folder / "ill_ent_ids", [f"{a}\t{b}" for a, b in pair.links.tolist()])
+    return folder

@@ -45,6 +45,16 @@ def test_power_law_degrees(pair):
     assert top[: len(top) // 10].sum() > 0.3 * top.sum()
 
 
+def test_visual_rows_look_like_pooled_cnn_features(pair):
+    x = torch.nn.functional.normalize(pair.kg1.features["visual"], dim=1)
+    assert float(pair.kg1.features["visual"][pair.kg1.present["visual"]].min()) >= 0.0  # missing rows: N(mean, std)
+    links = pair.links_local()
+    y = torch.nn.functional.normalize(pair.kg2.features["visual"], dim=1)
+    true = (x[links[:, 0]] * y[links[:, 1]]).sum(1).mean()
+    unrelated = (x[links[:, 0]] * y[links[:, 1].roll(1)]).sum(1).mean()
+    assert unrelated > 0.4 and true > unrelated + 0.03
+
+
 def test_image_coverage_and_missing_rule(pair):
     cov = pair.kg1.present["visual"].float().mean().item()
     assert abs(cov - 0.75) < 0.05
@@ -69,8 +79,9 @@ def test_noise_falls_with_degree(pair):
 
 def test_communities_make_clusters(pair):
     # latent communities: an entity's visual nearest neighbour (in its own graph)
-    # is far more similar than a random entity
-    x = torch.nn.functional.normalize(pair.kg1.features["visual"], dim=1)
+    # is far more similar than a random entity (centred: the rows share a large component)
+    x = pair.kg1.features["visual"]
+    x = torch.nn.functional.normalize(x - x.mean(0), dim=1)
     vals, _ = psqe.ops.topk_similarity(x, x, 2)
     random_cos = (x * x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))]).sum(1)
     assert vals[:, 1].mean() > random_cos.mean() + 0.2

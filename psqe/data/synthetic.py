@@ -68,6 +68,9 @@ class SyntheticConfig:
         community_spread: weight of the community centre in each latent vector.
         image_coverage: fraction of entities with a real ``"visual"`` row.
         naming_noise: how differently the two graphs embed the same attribute / relation type.
+        visual_offset: shared component added before a ReLU, so ``"visual"`` rows look like
+            pooled CNN features (non-negative, unrelated images at a clearly positive cosine);
+            0 keeps plain Gaussian rows.
     """
 
     overlap: float = 0.7
@@ -80,10 +83,11 @@ class SyntheticConfig:
     attributes_per_entity: float = 5.0
     edge_keep: float = 0.8
     dims: dict[str, int] = field(default_factory=lambda: {"visual": 64, "attribute": 32, "relation": 32})
-    noise: dict[str, float] = field(default_factory=lambda: {"visual": 1.7, "attribute": 0.5, "relation": 0.5})
+    noise: dict[str, float] = field(default_factory=lambda: {"visual": 1.58, "attribute": 0.5, "relation": 0.5})
     community_spread: float = 0.6
     image_coverage: float = 0.75
     naming_noise: float = 0.3
+    visual_offset: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("overlap", "p_in", "edge_keep", "image_coverage"):
@@ -220,6 +224,8 @@ def make_pair(num_entities: int, seed: int = 0, config: SyntheticConfig | None =
         for m in cfg.dims:
             if m == "visual":
                 x = _observe(latent["visual"][mem], factor, cfg.noise[m], g)
+                if cfg.visual_offset > 0:  # pooled-CNN-like: non-negative, one large shared component
+                    x = torch.relu(x + cfg.visual_offset / math.sqrt(x.shape[1]))
                 has = torch.rand(n, generator=g) < image_p[mem]
                 real = x[has] if bool(has.any()) else x
                 x[~has] = real.mean(0) + real.std(0, unbiased=False) * torch.randn(int((~has).sum()), x.shape[1], generator=g)

@@ -55,3 +55,54 @@ def write_result(result: SeedResult, out_dir: str | Path, config: dict, generato
     }
     text = json.dumps(report, indent=2, default=str)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def read_seeds(path: str | Path) -> torch.Tensor:
+    """Seeds from a file ``write_result`` wrote (or any like it): int64 ``[S, 2]`` global ids.
+
+    ``.npy``: an integer ``[S, 2]`` array. Anything else: text, one pair per
+    line, ``id1<TAB>id2`` (spaces also accepted; blank lines skipped). Errors
+    name the file and the line; duplicated rows and entities used twice are
+    refused (seeds must be one-to-one). Whether the ids are entities of a
+    pair is checked by whoever maps them (e.g. ``AlignData.pairs_from_global``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"seeds file {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"seeds file {path}: not a plain .npy array ({err})") from None
+        if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "iu":
+            raise ValueError(f"seeds file {path}: expected an integer [S, 2] array, got {array.dtype} {array.shape}")
+        seeds = torch.from_numpy(array.astype(np.int64))
+        lines = list(range(1, seeds.shape[0] + 1))
+    else:
+        rows, lines = [], []
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 2 or not all(f.lstrip("-").isdigit() for f in fields):
+                    raise ValueError(f"seeds file {path}, line {number}: expected 'id1<TAB>id2' (two integers), got {line.rstrip()!r}")
+                rows.append((int(fields[0]), int(fields[1])))
+                lines.append(number)
+        seeds = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+    if seeds.shape[0] == 0:
+        raise ValueError(f"seeds file {path} holds no seed pairs")
+    if bool((seeds < 0).any()):
+        row = int((seeds < 0).any(1).nonzero()[0, 0])
+        raise ValueError(f"seeds file {path}, line {lines[row]}: negative entity id {seeds[row].tolist()}")
+    for side in (0, 1):
+        values, inverse = torch.unique(seeds[:, side], return_inverse=True)
+        if values.numel() != seeds.shape[0]:
+            first = torch.full((values.numel(),), seeds.shape[0], dtype=torch.long).scatter_reduce(
+                0, inverse, torch.arange(seeds.shape[0]), "amin")
+            row = int((first[inverse] != torch.arange(seeds.shape[0])).nonzero()[0, 0])
+            what = "repeats an earlier pair" if bool((seeds[first[inverse[row]]] == seeds[row]).all()) else \
+                f"uses entity {int(seeds[row, side])} (column {side + 1}) again"
+            raise ValueError(f"seeds file {path}, line {lines[row]}: {seeds[row].tolist()} {what} "
+                             f"(line {lines[int(first[inverse[row]])]}); seeds must be one-to-one")
+    return seeds
