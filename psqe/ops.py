@@ -72,6 +72,28 @@ def backends() -> dict[str, bool]:
     }
 
 
+_WARNED_DEVICES: set[str] = set()
+
+
+def _compiled_for(t: torch.Tensor) -> bool:
+    """Whether the compiled kernels serve ``t``'s device; else the oracle runs (warned once per device).
+
+    A library built without CUDA kernels (no ``FORCE_CUDA=1`` and no GPU at
+    build time) still runs CUDA tensors, through the PyTorch oracle.
+    """
+    if _BUILD_INFO is None:
+        return False
+    if t.device.type in ("cpu", "meta") or (t.device.type == "cuda" and _BUILD_INFO.get("cuda") == "1"):
+        return True
+    if t.device.type not in _WARNED_DEVICES:
+        _WARNED_DEVICES.add(t.device.type)
+        import warnings
+
+        warnings.warn(f"psqe was built without {t.device.type.upper()} kernels: psqe.ops runs the PyTorch reference "
+                      f"on {t.device.type} tensors (rebuild with FORCE_CUDA=1 for the compiled ones)", stacklevel=3)
+    return False
+
+
 def topk_similarity(
     a: torch.Tensor, b: torch.Tensor, k: int, exclude: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +119,7 @@ def topk_similarity(
         >>> ops.topk_similarity(a, b, k=2, exclude=torch.tensor([True, False, False]))[1].tolist()
         [[1, 2], [1, 2], [2, 1]]
     """
-    if _BUILD_INFO is None:
+    if not _compiled_for(a):
         return _reference.topk_similarity(a, b, k, exclude)
     return torch.ops.psqe.topk_similarity(a, b, k, exclude)
 
@@ -132,7 +154,7 @@ def greedy_match(
         >>> ops.greedy_match(scores, rows, cols).tolist()
         [3, 1]
     """
-    if _BUILD_INFO is None:
+    if not _compiled_for(scores):
         return _reference.greedy_match(scores, rows, cols, limit, used_rows, used_cols)
     return torch.ops.psqe.greedy_match(scores, rows, cols, limit, used_rows, used_cols)
 
@@ -154,6 +176,6 @@ def mic_keep(left: torch.Tensor, right: torch.Tensor, both_directions: bool = Fa
         >>> ops.mic_keep(left, right).tolist()
         [True, False]
     """
-    if _BUILD_INFO is None:
+    if not _compiled_for(left):
         return _reference.mic_keep(left, right, both_directions)
     return torch.ops.psqe.mic_keep(left, right, both_directions)

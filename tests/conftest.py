@@ -46,3 +46,37 @@ def tie_free_features(n: int, m: int, seed: int) -> tuple[torch.Tensor, torch.Te
     a = (torch.randperm(n, generator=g) + 1).float().unsqueeze(1)
     b = (torch.randperm(m, generator=g) + 1).float().unsqueeze(1)
     return a, b
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "one_thread: run the module with torch.set_num_threads(1)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _thread_limit(request):
+    """Modules marked ``one_thread`` run single-threaded: their tensors are too small
+    to gain from threads, and on a shared 2-core machine two OpenMP threads per
+    process were measured 10-50x slower."""
+    if request.node.get_closest_marker("one_thread") is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+#: Feature noise of the aligner tests' pair: noisier than make_pair's defaults,
+#: under which random projections of the features already rank many test pairs first.
+ALIGN_NOISE = {"visual": 3.0, "attribute": 1.5, "relation": 1.5}
+
+
+@pytest.fixture(scope="session")
+def align_setup():
+    """``(AlignData, legacy split in the pair index)`` of an 800-entity synthetic pair."""
+    from psqe.align import AlignData, legacy_split
+    from psqe.data.synthetic import make_pair
+
+    pair = make_pair(800, seed=0, noise=ALIGN_NOISE)
+    data = AlignData.from_pair(pair)
+    return data, legacy_split(pair.links).to_pair_index(data)

@@ -70,3 +70,25 @@ def test_torch_mismatch_says_how_to_rebuild(monkeypatch):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_cuda_tensors_fall_back_to_the_oracle_without_cuda_kernels(monkeypatch):
+    """A library built without CUDA kernels sends CUDA tensors to the oracle, with one warning."""
+    import types
+    import warnings
+
+    import psqe.ops as ops
+
+    if ops.backend() != "compiled":
+        pytest.skip("needs the compiled library")
+    fake_cuda = types.SimpleNamespace(device=torch.device("cuda"))
+    monkeypatch.setattr(ops, "_BUILD_INFO", {**ops._BUILD_INFO, "cuda": "0"})
+    monkeypatch.setattr(ops, "_WARNED_DEVICES", set())
+    with pytest.warns(UserWarning, match="built without CUDA kernels"):
+        assert ops._compiled_for(fake_cuda) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops._compiled_for(fake_cuda) is False  # warned once
+    assert ops._compiled_for(torch.zeros(1)) is True
+    monkeypatch.setattr(ops, "_BUILD_INFO", {**ops._BUILD_INFO, "cuda": "1"})
+    assert ops._compiled_for(fake_cuda) is True

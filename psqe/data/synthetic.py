@@ -79,11 +79,11 @@ class SyntheticConfig:
     num_communities: int | None = None
     p_in: float = 0.8
     num_relations: int = 60
-    num_attribute_types: int = 200
-    attributes_per_entity: float = 5.0
+    num_attribute_types: int = 50
+    attributes_per_entity: float = 4.0
     edge_keep: float = 0.8
     dims: dict[str, int] = field(default_factory=lambda: {"visual": 64, "attribute": 32, "relation": 32})
-    noise: dict[str, float] = field(default_factory=lambda: {"visual": 1.58, "attribute": 0.5, "relation": 0.5})
+    noise: dict[str, float] = field(default_factory=lambda: {"visual": 1.58, "attribute": 1.0, "relation": 1.0})
     community_spread: float = 0.6
     image_coverage: float = 0.75
     naming_noise: float = 0.3

@@ -1,0 +1,253 @@
+"""Alignment metrics (Hits@k, MRR with CSLS) and the two evaluation protocols.
+
+**Ranking.** Query ``i`` (a row of ``left``) is scored against every
+candidate (a row of ``right``) on L2-normalised embeddings by CSLS::
+
+    csls(i, j) = 2 cos(i, j) - r_left(i) - r_right(j)
+
+with ``r_left(i)`` the mean cosine of query ``i`` to its ``k`` nearest
+candidates and ``r_right(j)`` that of candidate ``j`` to its ``k`` nearest
+queries (``csls_k=0``: plain cosine). Both means come from the fused top-k
+(:func:`psqe.ops.topk_similarity`); the ranks are then counted one block of
+query rows at a time, so memory is ``O(block * m)``, never ``n x m``.
+``rank = 1 + #{candidates with a strictly higher score than the true match}``:
+ties are resolved in the query's favour. The true score is read from the same
+block product as the others, so rounding cannot rank a match below itself.
+The EVA/MCLEA/MEAformer code ranks by the squared L2 distance of the
+normalised vectors with CSLS applied to ``1 - distance = 2 cos - 1``: an
+increasing affine map of the cosine, hence the same ranking as here.
+
+**Protocols** (PSQE-SPEC.md, last section):
+
+- :func:`legacy_split` — the community's: the gold links shuffled as
+  ``np.random.seed(42); np.random.shuffle(links)`` (the EVA and MEAformer
+  code, with no earlier draw from numpy's global generator, in the order of
+  the ``ill_ent_ids`` file), ``train = links[:int(L * 0.3)]`` (4500 of 15000;
+  replaced by the seeds in the unsupervised setting), ``test`` = the rest,
+  candidates = the test pairs' right entities.
+- :func:`clean_split` — test = every gold link neither of whose entities is
+  used by a seed, every kg2 (resp. kg1) entity a candidate; a validation
+  split is held out of the *seeds* for model selection.
+
+MEAformer's code also evaluates the test set every epoch and keeps the best
+weights; that legacy number is ``fit(..., val_pairs=split.test)`` with
+``TrainConfig(eval_every=1, val_candidates="pairs")``. The clean number uses
+``val_pairs=split.val`` (candidates: all of kg2) and never sees the test set.
+CSLS's candidate-side neighbourhood is taken over the queries that are
+ranked (the test pairs' left entities, as the authors' code does).
+
+>>> import torch
+>>> x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+>>> rank_metrics(x, x)  # identical embeddings: every match ranked first
+{'hits@1': 1.0, 'hits@10': 1.0, 'mrr': 1.0}
+>>> s = legacy_split(torch.arange(30).view(15, 2))
+>>> s.train.shape[0], s.test.shape[0], s.candidates
+(4, 11, 'test')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+
+PROTOCOLS = ("legacy", "clean")
+
+
+@torch.no_grad()
+def ranks(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | None = None, block: int = 1024) -> Tensor:
+    """Rank (1 = best) of each query's true candidate; see the module docstring.
+
+    Args:
+        left: ``[n, d]`` queries; right: ``[m, d]`` candidates (any float dtype;
+            float64 stays float64, others are computed in float32).
+        csls_k: CSLS neighbourhood size (0: cosine), at most ``psqe.ops.MAX_TOPK``.
+        truth: int64 ``[n]``: the candidate row matching each query; default
+            ``arange(n)`` (then ``m`` must equal ``n``).
+        block: query rows per tile.
+
+    Returns:
+        int64 ``[n]`` ranks on ``left``'s device.
+    """
+    _check_table(left, "left")
+    _check_table(right, "right")
+    n, m = left.size(0), right.size(0)
+    if left.size(1) != right.size(1) or left.device != right.device:
+        raise ValueError(f"ranks: left {tuple(left.shape)} and right {tuple(right.shape)} need one width and one device")
+    if truth is None:
+        if n != m:
+            raise ValueError(f"ranks: row i of left matches row i of right, so they need one row count; got {n} and {m}")
+        truth = torch.arange(n, device=left.device)
+    else:
+        truth = torch.as_tensor(truth, device=left.device).long()
+        if truth.shape != (n,) or bool((truth < 0).any()) or bool((truth >= m).any()):
+            raise ValueError(f"ranks: truth must be [{n}] indices into the {m} candidates")
+    if not 0 <= csls_k <= ops.MAX_TOPK or int(csls_k) != csls_k:
+        raise ValueError(f"ranks: csls_k must be an integer in [0, {ops.MAX_TOPK}], got {csls_k}")
+    if block < 1:
+        raise ValueError(f"ranks: block must be >= 1, got {block}")
+    dtype = torch.float64 if left.dtype == torch.float64 else torch.float32
+    q, c = F.normalize(left.detach().to(dtype), dim=1), F.normalize(right.detach().to(dtype), dim=1)
+    if csls_k:
+        r_q = ops.topk_similarity(q, c, int(csls_k))[0].to(dtype).mean(1)
+        r_c = ops.topk_similarity(c, q, int(csls_k))[0].to(dtype).mean(1)
+    out = torch.empty(n, dtype=torch.long, device=left.device)
+    for s in range(0, n, block):
+        score = q[s:s + block] @ c.t()
+        if csls_k:
+            score = 2 * score - r_q[s:s + block, None] - r_c[None, :]
+        true = score.gather(1, truth[s:s + block, None])
+        out[s:s + block] = 1 + (score > true).sum(1)
+    return out
+
+
+def summarize(rank: Tensor, hits: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """``{"hits@k": ..., "mrr": ...}`` of a rank vector (1 = best)."""
+    r = rank.double()
+    out = {f"hits@{k}": float((r <= k).double().mean()) for k in hits}
+    out["mrr"] = float((1.0 / r).mean())
+    return out
+
+
+def rank_metrics(left: Tensor, right: Tensor, csls_k: int = 3, direction: str = "l2r", *, truth: Tensor | None = None,
+                 hits: Sequence[int] = (1, 10), block: int = 1024) -> dict[str, float]:
+    """Hits@k and MRR of an alignment: row ``i`` of ``left`` truly matches row ``i`` of ``right``.
+
+    Every row of ``right`` is a candidate for every row of ``left``
+    (``direction="l2r"``, the number the community reports);
+    ``direction="r2l"`` ranks the rows of ``left`` for each row of ``right``.
+    ``truth`` (l2r only) gives the matching row of ``right`` per query when
+    ``right`` holds more candidates than ``left`` has rows. See :func:`ranks`
+    for CSLS (``csls_k``), ties and memory.
+
+    >>> import torch
+    >>> left = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> right = torch.tensor([[0.0, 1.0], [1.0, 0.1], [1.0, 0.9]])
+    >>> rank_metrics(left, right, csls_k=0)
+    {'hits@1': 0.3333333333333333, 'hits@10': 1.0, 'mrr': 0.5555555555555555}
+    """
+    if direction not in ("l2r", "r2l"):
+        raise ValueError(f"rank_metrics: direction must be 'l2r' or 'r2l', got {direction!r}")
+    if direction == "r2l":
+        if truth is not None:
+            raise ValueError("rank_metrics: truth is only supported for direction='l2r'")
+        left, right = right, left
+    return summarize(ranks(left, right, csls_k, truth, block), hits)
+
+
+def _check_table(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a 2-D float tensor, got {getattr(x, 'shape', type(x))}")
+    if x.size(0) == 0 or x.size(1) == 0:
+        raise ValueError(f"{name}: empty table {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: holds NaN or inf")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training, validation and test pairs of one protocol, all ``[*, 2]`` in one id space.
+
+    ``candidates``: ``"test"`` (legacy: the test pairs' right entities) or
+    ``"all"`` (clean: every entity of the other graph).
+    """
+
+    protocol: str
+    train: Tensor
+    test: Tensor
+    val: Tensor
+    candidates: str
+
+    def to_pair_index(self, data) -> Split:
+        """The same split with global ids mapped by :meth:`AlignData.pairs_from_global`."""
+        return replace(self, **{k: data.pairs_from_global(getattr(self, k), what=f"{self.protocol} split {k}")
+                                if getattr(self, k).numel() else getattr(self, k).to(data.device)
+                                for k in ("train", "test", "val")})
+
+
+def _pairs(x, what: str) -> Tensor:
+    p = torch.as_tensor(x)
+    if p.dim() != 2 or p.shape[1] != 2 or p.is_floating_point() or p.dtype == torch.bool:
+        raise ValueError(f"{what}: expected an integer [L, 2] table, got {tuple(p.shape)} {p.dtype}")
+    if p.shape[0] == 0:
+        raise ValueError(f"{what}: empty")
+    return p.long().cpu()
+
+
+def legacy_split(links, train_ratio: float = 0.3, seed: int = 42, seeds=None) -> Split:
+    """The EVA/MCLEA/MEAformer split (module docstring); ``seeds`` replaces the training part.
+
+    The permutation is ``np.random.RandomState(seed).permutation(L)``, the
+    same one ``np.random.seed(seed); np.random.shuffle(links)`` applies.
+    """
+    links = _pairs(links, "legacy_split links")
+    if not 0.0 <= train_ratio < 1.0:
+        raise ValueError(f"legacy_split: train_ratio must be in [0, 1), got {train_ratio}")
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(links.shape[0]))
+    shuffled = links[order]
+    cut = int(links.shape[0] * train_ratio)  # the authors' int(len(ills) // 1 * rate)
+    train = shuffled[:cut] if seeds is None else _pairs(seeds, "legacy_split seeds")
+    return Split("legacy", train, shuffled[cut:], links.new_zeros(0, 2), "test")
+
+
+def clean_split(links, seeds, val_ratio: float = 0.1, seed: int = 0) -> Split:
+    """Test = gold links with neither entity used by a seed; ``val_ratio`` of the seeds held out for validation.
+
+    The validation pairs are a seeded random subset (``RandomState(seed)``);
+    training keeps the remaining seeds in their given order.
+    """
+    links, seeds = _pairs(links, "clean_split links"), _pairs(seeds, "clean_split seeds")
+    if not 0.0 <= val_ratio < 1.0:
+        raise ValueError(f"clean_split: val_ratio must be in [0, 1), got {val_ratio}")
+    keep = ~torch.isin(links[:, 0], seeds[:, 0]) & ~torch.isin(links[:, 1], seeds[:, 1])
+    if not bool(keep.any()):
+        raise ValueError("clean_split: every gold link touches a seed entity; nothing is left to test")
+    num_val = int(round(seeds.shape[0] * val_ratio))
+    held = torch.zeros(seeds.shape[0], dtype=torch.bool)
+    held[torch.from_numpy(np.random.RandomState(seed).permutation(seeds.shape[0])[:num_val])] = True
+    return Split("clean", seeds[~held], links[keep], seeds[held], "all")
+
+
+def evaluate(embeddings: Tensor | dict[str, Tensor], split: Split, data, part: str = "test", csls_k: int = 3,
+             block: int = 1024) -> dict[str, float]:
+    """Metrics of ``split``'s ``part`` (``"test"`` or ``"val"``) on pair-index embeddings.
+
+    Args:
+        embeddings: ``[N, d]`` joint embedding of every entity, or a model's
+            output dict (its ``"joint"`` entry is used).
+        split: a :class:`Split` in the pair index (see :meth:`Split.to_pair_index`).
+        data: the :class:`~psqe.align.data.AlignData` (for kg1's size).
+
+    Returns:
+        ``hits@1``, ``hits@10``, ``mrr`` left-to-right (reported), the same
+        right-to-left as ``r2l_*``, and ``queries`` / ``candidates`` counts.
+    """
+    emb = embeddings["joint"] if isinstance(embeddings, dict) else embeddings
+    if emb.dim() != 2 or emb.size(0) != data.num_entities:
+        raise ValueError(f"evaluate: embeddings must be [{data.num_entities}, d], got {tuple(emb.shape)}")
+    if part not in ("test", "val"):
+        raise ValueError(f"evaluate: part must be 'test' or 'val', got {part!r}")
+    pairs = data.check_pairs(getattr(split, part), what=f"split.{part}").to(emb.device)
+    if pairs.shape[0] == 0:
+        raise ValueError(f"evaluate: split.{part} is empty")
+    left, right = emb[pairs[:, 0]], emb[pairs[:, 1]]
+    if split.candidates == "test":
+        l2r = rank_metrics(left, right, csls_k, block=block)
+        r2l = rank_metrics(left, right, csls_k, "r2l", block=block)
+        num_candidates = pairs.shape[0]
+    elif split.candidates == "all":
+        n1 = data.n1
+        l2r = rank_metrics(left, emb[n1:], csls_k, truth=pairs[:, 1] - n1, block=block)
+        r2l = rank_metrics(right, emb[:n1], csls_k, truth=pairs[:, 0], block=block)
+        num_candidates = data.n2
+    else:
+        raise ValueError(f"evaluate: unknown candidates {split.candidates!r} (expected 'test' or 'all')")
+    return {**l2r, **{f"r2l_{k}": v for k, v in r2l.items()}, "queries": pairs.shape[0], "candidates": num_candidates}
+
+
+__all__ = ["PROTOCOLS", "Split", "clean_split", "evaluate", "legacy_split", "rank_metrics", "ranks", "summarize"]

@@ -1,0 +1,168 @@
+"""Losses shared by the aligners: EVA's NCA, MCLEA's ICL and IAL, uncertainty weighting.
+
+Every loss takes the embeddings of one batch of training pairs, ``h1[i]``
+(kg1 entity) and ``h2[i]`` (kg2 entity) being pair ``i``, and returns a
+float32 scalar (inputs of lower precision are up-cast, so the losses are safe
+under autocast).
+
+>>> import torch
+>>> h = torch.eye(4)
+>>> round(nca_loss(h, h).item(), 3)  # 2 log(1 + 3) / 15 - 10 log 2
+-6.747
+>>> round(contrastive_loss(h, h, tau=0.1).item(), 4)  # log(1 + 6 e^-10)
+0.0003
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..seeds.stage2_train import icl_loss
+
+#: A finite stand-in for -inf on masked logits (KL needs finite inputs), as in MCLEA's code.
+_LARGE = 1e9
+
+
+def _batch(h1: Tensor, h2: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    if h1.dim() != 2 or h1.shape != h2.shape or h1.size(0) == 0:
+        raise ValueError(f"{name}: h1 and h2 must be non-empty [B, d] of one shape, got {tuple(h1.shape)} and {tuple(h2.shape)}")
+    return h1.float(), h2.float()
+
+
+def nca_loss(h1: Tensor, h2: Tensor, alpha: float = 15.0, beta: float = 10.0, ep: float = 0.0) -> Tensor:
+    """EVA's NCA loss (``NCA_loss`` of the EVA code), batch mean.
+
+    With ``x``, ``y`` the L2-normalised rows of ``h1``, ``h2`` and
+    ``S = x y^T`` (``B x B`` cosines)::
+
+        loss = 1/B sum_i [ 1/alpha log(1 + sum_{j != i} exp(alpha (S_ji - ep)))     (column i)
+                         + 1/alpha log(1 + sum_{j != i} exp(alpha (S_ij - ep)))     (row i)
+                         - beta log(1 + relu(S_ii)) ]
+
+    i.e. a multi-similarity-style soft maximum over each pair's in-batch
+    negatives in both directions, and a reward for the positive's cosine.
+    EVA's values: ``alpha=5, beta=10, ep=0`` on the graph embedding and
+    ``alpha=15, beta=10, ep=0`` on every other modality and the joint one
+    (``src/run_dbp15k.py``). ``log(1 + sum exp(l))`` is computed as
+    ``softplus(logsumexp(l))``: the same value, stable for any alpha.
+
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> round(nca_loss(x, x, alpha=1.0, beta=0.0).item(), 4)  # 2 * log(1 + e^0) per pair
+    1.3863
+    """
+    x, y = _batch(h1, h2, "nca_loss")
+    x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    # B x B is the only large tensor: built once, diagonal masked in place, reduced twice
+    # (no eye mask, no concatenation: at B = 4500 these element-wise passes dominate the time).
+    logits = (alpha * x) @ y.t()
+    if ep:
+        logits = logits - alpha * ep
+    logits.diagonal().fill_(-math.inf)
+    rows = F.softplus(torch.logsumexp(logits, dim=1))  # log(1 + sum_j exp(l_ij))
+    cols = F.softplus(torch.logsumexp(logits, dim=0))
+    reward = torch.log1p(F.relu((x * y).sum(dim=1)))
+    return ((rows + cols) / alpha - beta * reward).mean()
+
+
+class NCALoss(nn.Module):
+    """:func:`nca_loss` with fixed ``alpha``, ``beta``, ``ep``."""
+
+    def __init__(self, alpha: float = 15.0, beta: float = 10.0, ep: float = 0.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.ep = alpha, beta, ep
+
+    def forward(self, h1: Tensor, h2: Tensor) -> Tensor:
+        return nca_loss(h1, h2, self.alpha, self.beta, self.ep)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, ep={self.ep}"
+
+
+def contrastive_loss(h1: Tensor, h2: Tensor, tau: float = 0.1, normalize: bool = True, combine: str = "log") -> Tensor:
+    """MCLEA's / MEAformer's intra-modal contrastive loss (ICL) on one batch.
+
+    The rows are L2-normalised (``normalize``, as the MCLEA code does) and
+    passed to :func:`psqe.seeds.stage2_train.icl_loss` with temperature
+    ``tau``: in-batch negatives from both graphs, both directions.
+    ``combine="log"`` averages the two directions' cross-entropies (MCLEA's
+    ``ab_weight=0.5``); ``"prob"`` is the PSQE paper's Eq. 2.
+    """
+    x, y = _batch(h1, h2, "contrastive_loss")
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    return icl_loss(x, y, temperature=tau, combine=combine)
+
+
+def _pair_logits(a: Tensor, b: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """MCLEA's ``[a b^T, a a^T]`` and ``[b a^T, b b^T]`` logits, self-similarity masked."""
+    eye = torch.eye(a.size(0), device=a.device, dtype=a.dtype) * _LARGE
+    ab = a @ b.t() / tau
+    return torch.cat([ab, a @ a.t() / tau - eye], 1), torch.cat([ab.t(), b @ b.t() / tau - eye], 1)
+
+
+def ial_loss(src1: Tensor, src2: Tensor, tgt1: Tensor, tgt2: Tensor, tau: float = 4.0, zoom: float = 0.1,
+             ab_weight: float = 0.5) -> Tensor:
+    """MCLEA's inter-modal alignment loss (IAL): KL from a uni-modal to the joint in-batch distribution.
+
+    ``src1/src2``: one modality's embeddings of the batch's kg1 / kg2 entities;
+    ``tgt1/tgt2``: the joint embeddings (the target, detached). All rows are
+    L2-normalised. For entity ``i`` of kg1 the candidate logits are
+    ``[s(a_i, b_j) for all j] + [s(a_i, a_j) for j != i]`` divided by ``tau``
+    (likewise for kg2), and::
+
+        loss = zoom * (ab_weight * mean KL(q_ab || p_ab) + (1 - ab_weight) * mean KL(q_ba || p_ba))
+
+    with ``p`` the source's softmax, ``q`` the target's, and the mean over all
+    ``B x 2B`` entries (MCLEA's ``reduction="mean"``). MCLEA: ``tau=4.0``
+    (its ``tau2``), ``zoom=0.1``, ``ab_weight=0.5``.
+
+    >>> import torch
+    >>> a = torch.randn(5, 8)
+    >>> float(ial_loss(a, a + 1, a, a + 1))  # same distributions: no loss
+    0.0
+    """
+    s1, s2 = _batch(src1, src2, "ial_loss")
+    t1, t2 = _batch(tgt1, tgt2, "ial_loss")
+    if s1.size(0) != t1.size(0):
+        raise ValueError(f"ial_loss: {s1.size(0)} source rows but {t1.size(0)} target rows")
+    s1, s2 = F.normalize(s1, dim=1), F.normalize(s2, dim=1)
+    t1, t2 = F.normalize(t1.detach(), dim=1), F.normalize(t2.detach(), dim=1)
+    p_ab, p_ba = _pair_logits(s1, s2, tau)
+    q_ab, q_ba = _pair_logits(t1, t2, tau)
+    kl_a = F.kl_div(F.log_softmax(p_ab, 1), F.log_softmax(q_ab, 1), reduction="none", log_target=True).mean()
+    kl_b = F.kl_div(F.log_softmax(p_ba, 1), F.log_softmax(q_ba, 1), reduction="none", log_target=True).mean()
+    return zoom * (ab_weight * kl_a + (1 - ab_weight) * kl_b)
+
+
+class UncertaintyWeighting(nn.Module):
+    """Learned loss weights (Kendall, Gal & Cipolla, CVPR 2018), as MCLEA/MEAformer use them.
+
+    One learnable log-variance ``s_k`` per loss (initialised to 0)::
+
+        total = sum_k exp(-s_k) * loss_k + s_k
+
+    >>> import torch
+    >>> w = UncertaintyWeighting(2)
+    >>> w([torch.tensor(1.0), torch.tensor(3.0)]).item()
+    4.0
+    """
+
+    def __init__(self, num_losses: int) -> None:
+        super().__init__()
+        if num_losses < 1:
+            raise ValueError(f"UncertaintyWeighting: num_losses must be >= 1, got {num_losses}")
+        self.log_vars = nn.Parameter(torch.zeros(num_losses))
+
+    def forward(self, losses: Sequence[Tensor]) -> Tensor:
+        if len(losses) != self.log_vars.numel():
+            raise ValueError(f"UncertaintyWeighting: expected {self.log_vars.numel()} losses, got {len(losses)}")
+        stacked = torch.stack([loss.float().reshape(()) for loss in losses])
+        return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
+
+
+__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "icl_loss", "nca_loss"]

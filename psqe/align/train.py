@@ -1,0 +1,257 @@
+"""The training loop every aligner shares: :func:`fit`, :class:`TrainConfig`, iterative learning.
+
+**Model protocol**: an ``nn.Module`` with ``forward(data) -> dict[str, Tensor]``
+(``[N, d_m]`` embeddings of all entities per modality plus ``"joint"``, the
+one evaluated), ``loss(outputs, pairs) -> Tensor`` (``pairs``: a batch of
+int64 ``[B, 2]`` pair-index training pairs), optionally ``on_epoch_end(epoch, data)``.
+
+**An epoch** shuffles the training pairs (generator seeded by ``seed``) into
+batches. ``step_per_batch=False`` (EVA, MCLEA): one forward pass, batch losses
+summed, one AdamW step; ``True`` (MEAformer): a forward pass and a step per
+batch. Constant lr, or cosine after a linear ``warmup`` fraction;
+``grad_clip``; ``amp``: float16 autocast and gradient scaling, CUDA only.
+
+**Iterative learning** (``il``): from epoch ``il_start``, every ``il_every``
+epochs, the mutual nearest neighbours (joint-embedding cosine, fused top-1
+both ways) among entities in no training (nor clean validation) pair are
+found; the pairs found at all ``il_persist`` checks of a cycle join the
+training pairs when it ends. EVA's code: ``il_every=5, il_persist=10``;
+default 2 (persist across two consecutive checks). ``il_lr_scale`` multiplies
+the lr from ``il_start`` (EVA: 0.2; its optimiser re-creation is not copied).
+
+**Model selection**: with ``val_pairs`` and ``eval_every > 0`` the joint
+embedding is ranked on them (candidates: all of kg2; ``val_candidates="pairs"``:
+the pairs' right entities, the legacy way); the best state by
+``select_metric`` is restored (``restore_best``); ``patience`` evaluations
+without a gain stop training.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import ops
+from .data import AlignData
+from .evaluate import rank_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`fit`; see the module docstring. Defaults are EVA's (lr, batch, epochs)."""
+
+    epochs: int = 500
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    batch_size: int = 7500
+    step_per_batch: bool = False
+    scheduler: str = "none"
+    warmup: float = 0.0
+    grad_clip: float | None = None
+    amp: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    eval_every: int = 0
+    select_metric: str = "mrr"
+    val_csls_k: int = 3
+    val_candidates: str = "all"
+    patience: int = 0
+    restore_best: bool = True
+    il: bool = False
+    il_start: int = 0
+    il_every: int = 5
+    il_persist: int = 2
+    il_lr_scale: float = 1.0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 0), ("batch_size", 1), ("eval_every", 0), ("patience", 0), ("il_start", 0),
+                          ("il_every", 1), ("il_persist", 1), ("log_every", 0), ("val_csls_k", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.warmup < 1 and self.il_lr_scale > 0
+                and (self.grad_clip is None or self.grad_clip > 0)):
+            raise ValueError("TrainConfig: need lr > 0, weight_decay >= 0, 0 <= warmup < 1, il_lr_scale > 0, grad_clip > 0")
+        for name, allowed in (("scheduler", ("none", "cosine")), ("val_candidates", ("all", "pairs")),
+                              ("select_metric", ("mrr", "hits@1", "hits@10"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` did: per-epoch ``losses``; ``val_history`` (``epoch`` and
+    metrics per evaluation); ``best_epoch`` / ``best_score`` (None without
+    validation); final ``train_pairs`` (seeds plus iterative learning's);
+    ``il_added``: ``(epoch, count)`` per merge."""
+
+    losses: list[float] = field(default_factory=list)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    seconds: float = 0.0
+    train_pairs: Tensor | None = None
+    il_added: list[tuple[int, int]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, data: AlignData) -> dict[str, Tensor]:
+    """``model(data)`` in eval mode without gradients (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(data)
+    finally:
+        model.train(was_training)
+
+
+class MutualNeighbours:
+    """Iterative learning's candidate tracker (module docstring): call :meth:`check` when due.
+
+    ``blocked``: pair-index pairs whose entities are never proposed (validation entities).
+    """
+
+    def __init__(self, data: AlignData, persist: int, blocked: Tensor | None = None) -> None:
+        self.n1, self.n, self.persist, self.blocked = data.n1, data.num_entities, persist, blocked
+        self.count, self.keys = 0, None
+
+    def check(self, joint: Tensor, train: Tensor) -> Tensor | None:
+        """One check; returns the pairs to add when a cycle completes, else None."""
+        used = torch.zeros(self.n, dtype=torch.bool, device=joint.device)
+        used[train.flatten()] = True
+        if self.blocked is not None:
+            used[self.blocked.flatten().to(joint.device)] = True
+        free_l = (~used[: self.n1]).nonzero().flatten()
+        free_r = (~used[self.n1:]).nonzero().flatten() + self.n1
+        keys = torch.zeros(0, dtype=torch.long, device=joint.device)
+        if free_l.numel() and free_r.numel():
+            j = F.normalize(joint.float(), dim=1)
+            a = ops.topk_similarity(j[free_l], j[free_r], 1)[1][:, 0]
+            b = ops.topk_similarity(j[free_r], j[free_l], 1)[1][:, 0]
+            mutual = b[a] == torch.arange(free_l.numel(), device=joint.device)
+            keys = free_l[mutual] * self.n + free_r[a[mutual]]
+        self.keys = keys if self.count == 0 else keys[torch.isin(keys, self.keys)]
+        self.count += 1
+        if self.count < self.persist:
+            return None
+        out = torch.stack([self.keys // self.n, self.keys % self.n], dim=1)
+        self.count, self.keys = 0, None
+        return out
+
+
+def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
+    factor, w = 1.0, cfg.warmup
+    if cfg.scheduler == "cosine":
+        factor = progress / w if progress < w else 0.5 * (1.0 + math.cos(math.pi * (progress - w) / (1.0 - w)))
+    return factor * (cfg.il_lr_scale if cfg.il and epoch >= cfg.il_start else 1.0)
+
+
+def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainConfig | None = None,
+        val_pairs: Tensor | None = None, progress: bool | None = None) -> TrainResult:
+    """Train ``model`` (module docstring) on ``train_pairs``; returns a :class:`TrainResult`.
+
+    ``train_pairs`` / ``val_pairs``: int64 ``[S, 2]`` pair-index pairs (map
+    global ids with :meth:`AlignData.pairs_from_global`); training pairs must be
+    one-to-one. Model and data move to ``config.device``. ``progress``: a tqdm
+    bar (default: when stderr is a terminal). Deterministic by ``config.seed``
+    on CPU: it seeds the global generator (dropout) and the batching generator.
+    """
+    cfg = config or TrainConfig()
+    dev = torch.device(cfg.device)
+    data = data.to(dev)
+    train = data.check_pairs(train_pairs, "train_pairs")
+    if train.shape[0] == 0:
+        raise ValueError("fit: train_pairs is empty")
+    val = None if val_pairs is None else data.check_pairs(val_pairs, "val_pairs", one_to_one=False)
+    if val is not None and bool(torch.isin(val.flatten(), train.flatten()).any()):
+        log.warning("fit: val_pairs share entities with train_pairs (fine for the legacy protocol only)")
+    model.to(dev)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp = cfg.amp and dev.type == "cuda"
+    if cfg.amp and not amp:
+        log.info("fit: mixed precision needs CUDA; training in float32 on %s", dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    blocked = val if cfg.val_candidates == "all" else None
+    tracker = MutualNeighbours(data, cfg.il_persist, blocked) if cfg.il else None
+    result, best_state, stale = TrainResult(), None, 0
+    show = sys.stderr.isatty() if progress is None else progress
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=f"training {type(model).__name__}", disable=not show, leave=False)
+    model.train()
+    for epoch in bar:
+        batches = train[torch.randperm(train.shape[0], generator=generator).to(dev)].split(cfg.batch_size)
+        groups = [[b] for b in batches] if cfg.step_per_batch else [list(batches)]
+        total = 0.0
+        for g, group in enumerate(groups):
+            for pg in optimizer.param_groups:
+                pg["lr"] = cfg.lr * _lr_factor(cfg, (epoch + g / len(groups)) / max(cfg.epochs, 1), epoch)
+            total += _step(model, data, group, optimizer, scaler, params, cfg, amp)
+        if not math.isfinite(total):
+            raise FloatingPointError(f"fit: the loss became {total} at epoch {epoch}")
+        result.losses.append(total)
+        bar.set_postfix(loss=f"{total:.4f}", pairs=train.shape[0], refresh=False)
+        if cfg.log_every and ((epoch + 1) % cfg.log_every == 0 or epoch == 0):
+            log.info("%s epoch %d/%d: loss %.5f, %d training pairs", type(model).__name__, epoch + 1, cfg.epochs,
+                     total, train.shape[0])
+        if hasattr(model, "on_epoch_end"):
+            model.on_epoch_end(epoch, data)
+        if tracker is not None and epoch >= cfg.il_start and (epoch + 1) % cfg.il_every == 0:
+            new = tracker.check(embed(model, data)["joint"], train)
+            if new is not None and new.shape[0]:
+                train = torch.cat([train, new])
+                result.il_added.append((epoch, int(new.shape[0])))
+                log.info("iterative learning, epoch %d: %d pairs added, %d in all", epoch + 1, new.shape[0], train.shape[0])
+        if val is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            metrics = _validate(model, data, val, cfg)
+            result.val_history.append({"epoch": epoch, **metrics})
+            if result.best_score is None or metrics[cfg.select_metric] > result.best_score:
+                result.best_epoch, result.best_score, stale = epoch, metrics[cfg.select_metric], 0
+                if cfg.restore_best:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if cfg.patience and stale >= cfg.patience:
+                    log.info("early stop at epoch %d: no %s gain in %d evaluations", epoch + 1, cfg.select_metric, stale)
+                    break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.seconds, result.train_pairs = time.perf_counter() - start, train
+    return result
+
+
+def _step(model, data, group, optimizer, scaler, params, cfg: TrainConfig, amp: bool) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(data.device.type, dtype=torch.float16, enabled=amp):
+        out = model(data)
+        loss = sum(model.loss(out, b) for b in group)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+def _validate(model: nn.Module, data: AlignData, val: Tensor, cfg: TrainConfig) -> dict[str, float]:
+    joint = embed(model, data)["joint"]
+    if cfg.val_candidates == "pairs":
+        return rank_metrics(joint[val[:, 0]], joint[val[:, 1]], cfg.val_csls_k)
+    return rank_metrics(joint[val[:, 0]], joint[data.n1:], cfg.val_csls_k, truth=val[:, 1] - data.n1)
+
+
+__all__ = ["MutualNeighbours", "TrainConfig", "TrainResult", "embed", "fit"]

@@ -1,0 +1,186 @@
+"""``psqe reproduce``: the paper's Table 1 on one dataset and setting, as a resumable report folder.
+
+Cells: every aligner trained on every seed set (``uvp`` = Type I, EVA's
+unsupervised visual pivoting; ``multimodal`` = Type II; ``psqe``) plus the
+supervised reference (30% gold links, the community's split). Each cell is
+trained and evaluated under the legacy protocol (all seeds for training, the
+final epoch, test = gold links after the seed-42 shuffle's first 30%,
+candidates = the test pairs' right entities) and, with ``"clean"`` in
+``protocols``, trained again with 10% of the seeds held out for model
+selection and tested on every gold link that no seed touches against every
+kg2 entity. A finished cell is a JSON file under ``cells/``: an interrupted
+run resumes where it stopped.
+
+The folder::
+
+    config.json           the exact configuration, versions, machine
+    features.safetensors  the feature set (reused on resume)
+    seeds/<method>.tsv    the seed sets;  seeds/quality.json  their quality
+    cells/<model>__<seeds>.json
+    table.md, table.csv   H@1 / H@10 / MRR per model and seed set (+ the paper's)
+    seed_quality.md       precision, recall, coverage, balance per seed set
+    h1.svg, seed_distribution.svg
+
+>>> from psqe.reproduce import PAPER_TABLE1
+>>> PAPER_TABLE1["zh_en"]["meaformer"]
+{'base': (0.804, 0.923, 0.847), 'psqe': (0.842, 0.947, 0.882)}
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..features._util import atomic_write
+
+log = logging.getLogger(__name__)
+
+SEED_METHODS = ("uvp", "multimodal", "psqe")
+SUPERVISED = "supervised30"
+#: The paper's Table 1 (H@1, H@10, MRR): each model with its own seeds ("base") and with PSQE's.
+PAPER_TABLE1 = {
+    "zh_en": {"eva": {"base": (.783, .898, .825), "psqe": (.823, .930, .861)},
+              "mclea": {"base": (.792, .906, .834), "psqe": (.835, .940, .874)},
+              "meaformer": {"base": (.804, .923, .847), "psqe": (.842, .947, .882)},
+              "pcmea": {"base": (.759, .894, .807), "psqe": (.816, .934, .859)}},
+    "ja_en": {"eva": {"base": (.861, .946, .892), "psqe": (.873, .955, .904)},
+              "mclea": {"base": (.866, .956, .900), "psqe": (.879, .964, .911)},
+              "meaformer": {"base": (.872, .960, .905), "psqe": (.892, .968, .921)},
+              "pcmea": {"base": (.833, .942, .873), "psqe": (.860, .956, .895)}},
+    "fr_en": {"eva": {"base": (.914, .972, .936), "psqe": (.928, .977, .948)},
+              "mclea": {"base": (.908, .972, .933), "psqe": (.929, .987, .951)},
+              "meaformer": {"base": (.918, .980, .942), "psqe": (.932, .986, .953)},
+              "pcmea": {"base": (.904, .974, .930), "psqe": (.917, .981, .941)}},
+}
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """What ``psqe reproduce`` runs (every field is written to ``config.json``).
+
+    Attributes:
+        dataset: folder or name (``DBP15K/zh_en``) resolved under ``root`` / ``$PSQE_DATA``.
+        setting: feature setting ``R1`` / ``R2`` (BENCHMARK-PROTOCOL.md; ``R0`` needs the image pickles).
+        models: aligners (names of :data:`psqe.align.ALIGNERS`).
+        seeds: seed sets among :data:`SEED_METHODS`.
+        supervised: also train each model on 30% gold links.
+        protocols: ``("legacy", "clean")`` or one of them.
+        budget: seed budget of every generator (1000 on DBP15K).
+        epochs: overrides every aligner's epochs (None: each model's default).
+        psqe_epochs: overrides Stage II's tuning epochs (None: 300).
+        surface: the aligners' "w/ surface" switch (names and characters).
+        seed: random seed of seeds, features and training.
+    """
+
+    dataset: str
+    setting: str = "R2"
+    models: tuple[str, ...] = ("eva", "mclea", "meaformer", "pcmea")
+    seeds: tuple[str, ...] = SEED_METHODS
+    supervised: bool = True
+    protocols: tuple[str, ...] = ("legacy", "clean")
+    budget: int = 1000
+    epochs: int | None = None
+    psqe_epochs: int | None = None
+    surface: bool = False
+    seed: int = 42
+    device: str = "cpu"
+    root: str | None = None
+    features: str | None = None
+    cache_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..align import ALIGNERS
+
+        unknown = [m for m in self.models if m not in ALIGNERS]
+        if unknown or not self.models:
+            raise ValueError(f"reproduce: unknown model(s) {unknown or '(none given)'}; known: {', '.join(sorted(ALIGNERS))}")
+        bad = [s for s in self.seeds if s not in SEED_METHODS]
+        if bad or not (self.seeds or self.supervised):
+            raise ValueError(f"reproduce: unknown seed method(s) {bad or '(none given)'}; known: {', '.join(SEED_METHODS)}")
+        if not self.protocols or any(p not in ("legacy", "clean") for p in self.protocols):
+            raise ValueError(f"reproduce: protocols must be among legacy, clean; got {list(self.protocols)}")
+        if self.setting not in ("R0", "R1", "R2"):
+            raise ValueError(f"reproduce: setting must be R0, R1 or R2, got {self.setting!r}")
+        for name in ("epochs", "psqe_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"reproduce: {name} must be >= 0, got {getattr(self, name)}")
+
+
+def _write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _versions() -> dict:
+    import torch_geometric
+
+    from .. import ops
+    return {"psqe": __version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
+            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "backend": ops.backend(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _dataset_key(pair_name: str) -> str | None:
+    for key in PAPER_TABLE1:
+        if key in pair_name:
+            return key
+    return None
+
+
+def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) every cell of ``config`` into ``out``; returns the table rows."""
+    from .cells import load_pair, make_seeds, run_cell
+    from .report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    mine = dataclasses.asdict(config)
+    if saved.exists():
+        previous = json.loads(saved.read_text(encoding="utf-8"))["config"]
+        changed = {k for k in mine if json.dumps(mine[k], default=str) != json.dumps(previous.get(k), default=str)
+                   and k not in ("models", "seeds", "supervised")}
+        if changed:
+            raise ValueError(f"reproduce: {out} holds a run with a different {', '.join(sorted(changed))}; "
+                             "use another --out folder (only models / seeds / supervised may change on resume)")
+    _write_json(saved, {"config": mine, "versions": _versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    pair, data = load_pair(config, out)
+    seeds, clusters = make_seeds(config, pair, out)
+    methods = ([SUPERVISED] if config.supervised else []) + list(config.seeds)
+    cells = [(model, method) for model in config.models for method in methods]
+    rows = []
+    bar = tqdm(cells, desc="reproduce", unit="cell", disable=not progress)
+    for model, method in bar:
+        bar.set_postfix_str(f"{model} / {method}")
+        path = out / "cells" / f"{model}__{method}.json"
+        if path.exists():
+            cell = json.loads(path.read_text(encoding="utf-8"))
+            log.info("cell %s / %s: done earlier, reused", model, method)
+        else:
+            cell = run_cell(config, pair, data, model, method, seeds.get(method), progress)
+            _write_json(path, cell)
+        rows.append(cell)
+    write_report(out, config, pair, rows, seeds, clusters, _dataset_key(pair.name or config.dataset))
+    return {"rows": rows}
+
+
+def rows_to_csv(rows: list[dict], columns: list[str]) -> str:
+    """CSV text of ``rows`` (dicts) with the given columns."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,121 @@
+"""The work of ``psqe reproduce``: the pair with its features, the seed sets, one table cell.
+
+Every step that costs minutes leaves a file in the run folder and is skipped
+when that file exists (features, each seed set, each cell).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..features._util import atomic_write
+from ..seeds.io import read_seeds, tsv_text
+
+log = logging.getLogger(__name__)
+
+
+def load_pair(config, out: Path):
+    """The dataset with its feature set attached (built once, then read from ``out``) and its AlignData."""
+    from ..align import AlignData
+    from ..data import load_dataset
+    from ..features import build_feature_set, load_feature_set, save_feature_set
+
+    pair = load_dataset(config.dataset, root=config.root)
+    if pair.links is None:
+        raise ValueError(f"reproduce: {config.dataset} has no gold links; nothing can be evaluated")
+    path = Path(config.features) if config.features else out / "features.safetensors"
+    if path.exists():
+        load_feature_set(pair, path)
+        log.info("features: read %s", path)
+    elif config.features:
+        raise FileNotFoundError(f"reproduce: feature file {path} does not exist")
+    else:
+        summary = build_feature_set(pair, config.setting, cache_dir=config.cache_dir, seed=config.seed,
+                                    device=config.device)
+        save_feature_set(pair, path, summary)
+    return pair, AlignData.from_pair(pair, device=config.device)
+
+
+def _psqe_config(config):
+    from ..seeds.config import PSQEConfig
+
+    cfg = PSQEConfig(budget=config.budget, seed=config.seed, device=config.device)
+    return cfg.replace(tuning={"epochs": config.psqe_epochs}) if config.psqe_epochs is not None else cfg
+
+
+def make_seeds(config, pair, out: Path):
+    """Every seed set of ``config`` (global ids), computed once and kept under ``out/seeds``.
+
+    Returns ``({method: seeds}, clusters)``; ``clusters`` are PSQE's Stage I
+    labels (kept in ``psqe_clusters.pt``; None when PSQE is not among the
+    methods: the plot then shows degree buckets only).
+    """
+    from ..seeds.pipeline import baseline_seeds, generate_seeds, seed_quality
+
+    folder = out / "seeds"
+    folder.mkdir(exist_ok=True)
+    kinds = {"uvp": "type1", "multimodal": "type2", "psqe": "psqe"}
+    quality_path = folder / "quality.json"
+    quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
+    seeds = {}
+    clusters_path = folder / "psqe_clusters.pt"
+    clusters = torch.load(clusters_path) if clusters_path.exists() else None
+    cfg = _psqe_config(config)
+    # PSQE first: its Stage I clusters enter every seed set's cluster balance.
+    for method in sorted(config.seeds, key=lambda m: m != "psqe"):
+        path = folder / f"{method}.tsv"
+        if path.exists() and method in quality:
+            seeds[method] = read_seeds(path)
+            continue
+        start = time.perf_counter()
+        if method == "psqe":
+            result = generate_seeds(pair.kg1, pair.kg2, cfg, links=pair.links)
+            seeds[method], clusters = result.seeds, result.clusters
+            atomic_write(clusters_path, lambda tmp: torch.save(clusters, tmp))
+            stages = {name: {k: q.get(k) for k in ("count", "precision", "recall")} for name, q in result.quality.items()}
+        else:
+            seeds[method] = baseline_seeds(pair.kg1, pair.kg2, kinds[method], cfg)
+            stages = {}
+        quality[method] = {**seed_quality(pair, seeds[method], clusters), "seconds": round(time.perf_counter() - start, 2),
+                           "stages": stages}
+        atomic_write(path, lambda tmp, s=seeds[method]: Path(tmp).write_text(tsv_text(s)))
+        text = json.dumps(quality, indent=2)
+        atomic_write(quality_path, lambda tmp: Path(tmp).write_text(text))
+        log.info("seeds %s: %d, precision %.3f", method, seeds[method].shape[0], quality[method].get("precision", float("nan")))
+    return seeds, clusters
+
+
+def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tensor | None, progress: bool) -> dict:
+    """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``config.protocols``."""
+    from ..align import build_aligner, clean_split, embed, evaluate, fit, legacy_split
+
+    legacy = legacy_split(pair.links, seed=42)
+    train = legacy.train if seeds is None else seeds
+    cell = {"model": model_name, "seeds": method, "train_pairs": int(train.shape[0])}
+    for protocol in config.protocols:
+        if protocol == "legacy":
+            split = legacy_split(pair.links, seed=42, seeds=None if seeds is None else seeds)
+        else:
+            split = clean_split(pair.links, train, seed=config.seed)
+        split = split.to_pair_index(data)
+        model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.seed)
+        changes = {"seed": config.seed, "device": config.device}
+        if config.epochs is not None:
+            changes["epochs"] = config.epochs
+        if protocol == "clean":
+            changes["eval_every"] = max(1, (config.epochs if config.epochs is not None else train_config.epochs) // 10)
+        train_config = dataclasses.replace(train_config, **changes)
+        torch.manual_seed(config.seed)
+        result = fit(model.to(config.device), data, split.train, train_config,
+                     val_pairs=split.val if split.val.numel() else None, progress=progress)
+        metrics = evaluate(embed(model, data), split, data)
+        cell[protocol] = {**{k: round(float(v), 4) for k, v in metrics.items()}, "seconds": round(result.seconds, 1),
+                          "epochs": train_config.epochs, "best_epoch": result.best_epoch}
+        log.info("%s / %s (%s): H@1 %.3f H@10 %.3f MRR %.3f in %.0f s", model_name, method, protocol,
+                 metrics["hits@1"], metrics["hits@10"], metrics["mrr"], result.seconds)
+    return cell

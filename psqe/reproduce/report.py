@@ -1,0 +1,97 @@
+"""The report of ``psqe reproduce``: tables (Markdown + CSV), the paper's claims, plots.
+
+Rows are cells (model x seed set). The paper's Table 1 numbers sit beside
+the rows they correspond to: its "base" row (each model with its own
+unsupervised seeds) beside ``uvp``, its "+PSQE" row beside ``psqe``. Our
+features are the offline stand-ins of BENCHMARK-PROTOCOL.md, so the
+comparison is of deltas, not of absolute values.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..features._util import atomic_write
+from ..plot import grouped_bars_svg
+from ..seeds.compare import write_distribution_plot
+from . import SUPERVISED, rows_to_csv
+
+COLUMNS = ["model", "seeds", "train_pairs", "legacy_hits@1", "legacy_hits@10", "legacy_mrr", "clean_hits@1",
+           "clean_hits@10", "clean_mrr", "paper_hits@1", "paper_hits@10", "paper_mrr", "seconds"]
+QUALITY = ["count", "precision", "recall", "entity_coverage", "edge_coverage", "graph_coverage_eq11", "degree_tv",
+           "cluster_tv", "seconds"]
+_GENERATOR = {"uvp": "type1", "multimodal": "type2", "psqe": "psqe"}
+
+
+def _flat(cell: dict, paper: dict | None) -> dict:
+    row = {"model": cell["model"], "seeds": cell["seeds"], "train_pairs": cell["train_pairs"], "seconds": 0.0}
+    for protocol in ("legacy", "clean"):
+        for metric in ("hits@1", "hits@10", "mrr"):
+            row[f"{protocol}_{metric}"] = cell.get(protocol, {}).get(metric, "")
+        row["seconds"] += cell.get(protocol, {}).get("seconds", 0.0)
+    which = {"uvp": "base", "psqe": "psqe"}.get(cell["seeds"])
+    if paper and which and cell["model"] in paper:
+        for metric, value in zip(("hits@1", "hits@10", "mrr"), paper[cell["model"]][which]):
+            row[f"paper_{metric}"] = value
+    return row
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) and v <= 1.0 else (f"{v:.0f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def claims(cells: list[dict], quality: dict, protocol: str = "legacy") -> list[str]:
+    """The paper's claims checked on these numbers, each as 'held' / 'not held' with the numbers."""
+    out = []
+    q1, q2 = quality.get("uvp"), quality.get("multimodal")
+    if q1 and q2:
+        spread = [k for k in ("degree_tv", "cluster_tv") if k in q1 and k in q2]
+        held = q2["precision"] > q1["precision"] and all(q2[k] > q1[k] for k in spread)
+        out.append(f"Type II more precise than Type I but spreads worse: {'held' if held else 'not held'} "
+                   f"(precision {q2['precision']:.3f} vs {q1['precision']:.3f}; "
+                   + ", ".join(f"{k} {q2[k]:.3f} vs {q1[k]:.3f}" for k in spread) + ")")
+    by = {(c["model"], c["seeds"]): c.get(protocol, {}).get("hits@1") for c in cells}
+    for model in dict.fromkeys(c["model"] for c in cells):
+        ours = by.get((model, "psqe"))
+        others = {s: by[(model, s)] for s in ("uvp", "multimodal") if by.get((model, s)) is not None}
+        if ours is None or not others:
+            continue
+        held = all(ours > v for v in others.values())
+        out.append(f"{model}: PSQE seeds give the best H@1 ({protocol}): {'held' if held else 'not held'} "
+                   f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({ours - v:+.3f})" for s, v in others.items()) + ")")
+    return out
+
+
+def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, clusters, paper_key: str | None) -> None:
+    """Write table.md/csv, seed_quality.md, h1.svg and seed_distribution.svg into ``out`` (atomically)."""
+    from . import PAPER_TABLE1
+
+    paper = PAPER_TABLE1.get(paper_key) if paper_key else None
+    rows = [_flat(c, paper) for c in cells]
+    quality_path = out / "seeds" / "quality.json"
+    quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
+    qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
+    text = [f"# psqe reproduce: {pair.name or config.dataset}, setting {config.setting}\n\n",
+            f"Budget {config.budget}; epochs {config.epochs or 'model defaults'}; Stage II epochs "
+            f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}; seed {config.seed}. "
+            f"`{SUPERVISED}`: trained on 30% gold links. Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside "
+            "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
+            "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
+            _markdown(qrows, ["seeds"] + QUALITY), "\n## The paper's claims on these numbers\n\n",
+            "".join(f"- {c}\n" for c in claims(cells, quality))]
+    atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text("".join(text), encoding="utf-8"))
+    atomic_write(out / "table.csv", lambda tmp: Path(tmp).write_text(rows_to_csv(rows, COLUMNS), encoding="utf-8"))
+    atomic_write(out / "seed_quality.md", lambda tmp: Path(tmp).write_text(_markdown(qrows, ["seeds"] + QUALITY)))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = list(dict.fromkeys(r["seeds"] for r in rows))
+    h1 = {(r["model"], r["seeds"]): r["legacy_hits@1"] or 0.0 for r in rows}
+    series = {m: [float(h1.get((model, m), 0.0) or 0.0) for model in models] for m in methods}
+    svg = grouped_bars_svg([("H@1 (legacy protocol) per aligner", models, series)],
+                           title=f"H@1 per aligner and seed set: {pair.name or config.dataset} {config.setting}", ylabel="H@1")
+    atomic_write(out / "h1.svg", lambda tmp: Path(tmp).write_text(svg, encoding="utf-8"))
+    if seeds:
+        write_distribution_plot(out / "seed_distribution.svg", pair, {_GENERATOR[m]: s for m, s in seeds.items()}, clusters)
