@@ -236,3 +236,181 @@ def test_config_defaults_are_the_scripts():
     assert (cfg.hidden, cfg.heads, cfg.layers, cfg.lr, cfg.epochs, cfg.batch_size, cfg.temperature) == (
         300, 2, 2, 0.01, 300, 2000, 1.0)
     assert (cfg.normalize_output, cfg.dropout, cfg.seed, cfg.device, cfg.icl_combine) == (False, 0.0, 0, "cpu", "prob")
+
+
+# --- the fused (sparse-matrix) attention path and the hand-written backward passes ---------------
+
+from psqe.seeds.stage2_model import GRAD_FLUSH, Adjacency, _AttentionAggregate  # noqa: E402
+
+
+@pytest.mark.parametrize("negative_scores", [False, True])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_fused_path_equals_edge_list_path(negative_scores, symmetric):
+    """Same outputs, attention and gradients (float64) through PyTorch Geometric's
+    fused message_and_aggregate (Adjacency) as through its edge-list messages."""
+    torch.manual_seed(0)
+    gat = DiagGAT(5, num_layers=2, heads=3, negative_scores=negative_scores).double()
+    with torch.no_grad():
+        gat.w.uniform_(0.5, 1.5)
+    edges = random_graph(12, 20, seed=7, symmetric=symmetric)
+    edges = torch.cat([edges, edges[:, :3]], 1)  # repeated edges count twice on both paths
+    x1 = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    adj = Adjacency.build(edges, 12, 12)
+    (a, att_a), (b, att_b) = gat(x1, edges, return_attention=True), gat(x2, adj, return_attention=True)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # attention: the adjacency lists the edges sorted by (destination, source)
+    order = torch.argsort(edges[1] * 12 + edges[0], stable=True)
+    for u, v in zip(att_a, att_b):
+        torch.testing.assert_close(u[order], v, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(a)
+    params = [gat.w, gat.a_src, gat.a_dst]
+    for u, v in zip(torch.autograd.grad((a * weights).sum(), [x1, *params]),
+                    torch.autograd.grad((b * weights).sum(), [x2, *params])):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_path_on_a_receptive_field():
+    torch.manual_seed(0)
+    gat = DiagGAT(6, num_layers=2, heads=2)
+    edges = random_graph(60, 70, seed=3, symmetric=False)
+    x = torch.randn(60, 6)
+    nodes, layer_edges, num_dst = receptive_field(edges, torch.tensor([5, 17, 3, 42]), 60, 2)
+    adjs = [Adjacency.build(e, n_src, n_dst) for e, n_src, n_dst in zip(layer_edges, [nodes.numel(), num_dst[0]], num_dst)]
+    torch.testing.assert_close(gat(x[nodes], adjs), gat(x, edges)[torch.tensor([5, 17, 3, 42])], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="adjacency"):
+        gat(x[nodes], adjs[::-1])
+
+
+def test_attention_aggregate_gradcheck():
+    edges = random_graph(7, 10, seed=2, symmetric=False)
+    adj = Adjacency.build(edges, 7, 7)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=g).requires_grad_()
+    alpha = torch.rand(adj.num_edges, 2, dtype=torch.float64, generator=g).requires_grad_()
+    scale = torch.randn(2, 3, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, a, s: _AttentionAggregate.apply(x, a, s, adj), (x, alpha, scale))
+
+
+def test_attention_aggregate_backward_flushes_tiny_gradients():
+    """Gradients below 2^-100 (subnormal ones included, as the ELU's e^z makes
+    them) are zeroed on entry: no subnormal number reaches the products."""
+    adj = Adjacency.build(random_graph(30, 60, seed=4), 30, 30)
+    x = torch.randn(30, 8, requires_grad=True)
+    alpha = torch.rand(adj.num_edges, 2, requires_grad=True)
+    scale = torch.rand(2, 8, requires_grad=True)
+    out = _AttentionAggregate.apply(x, alpha, scale, adj)
+    grad = torch.randn_like(out)
+    grad[:10] = 1e-40  # subnormal
+    grad[10:20] = GRAD_FLUSH / 4
+    out.backward(grad)
+    tiny = torch.finfo(torch.float32).tiny
+    for t in (x.grad, alpha.grad, scale.grad):
+        assert not ((t != 0) & (t.abs() < tiny)).any()
+    # the same as back-propagating zeros there
+    x0, alpha0, scale0 = (t.detach().clone().requires_grad_() for t in (x, alpha, scale))
+    grad[:20] = 0.0
+    _AttentionAggregate.apply(x0, alpha0, scale0, adj).backward(grad)
+    for t, t0 in ((x, x0), (alpha, alpha0), (scale, scale0)):
+        assert torch.equal(t.grad, t0.grad)
+
+
+def test_fit_fused_equals_edge_list_fit():
+    """The whole training loop: same losses and parameters with both paths (float32)."""
+    features, edges, seeds, _ = synthetic_problem(120, seed=8, n_seeds=16, degree=2)
+    features["attribute"] = torch.randn(240, 6)
+    cfg = TuningConfig(hidden=16, epochs=6, batch_size=8, log_every=0)
+    for subgraph in (True, False):
+        fused_model, fused_losses = fit(features, edges, seeds, replace(cfg, subgraph=subgraph), progress=False)
+        edge_model, edge_losses = fit(features, edges, seeds, replace(cfg, subgraph=subgraph, fused=False), progress=False)
+        assert fused_losses == pytest.approx(edge_losses, rel=1e-5)
+        for (name, p), q in zip(fused_model.named_parameters(), edge_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_icl_loss_floors_keep_gradients_normal_at_extreme_scale():
+    """Far apart directions (log p_lr << log p_rl) and far-off candidates: the loss
+    is finite, and every entry of the gradient w.r.t. the similarity matrix
+    (combine weight x softmax, formed in the backward pass) is zero or a normal
+    float32 number: subnormal ones made the backward products 30-100x slower."""
+    g = torch.Generator().manual_seed(3)
+    tiny = torch.finfo(torch.float32).tiny
+    for scale in (0.5, 3.0, 40.0):
+        h1 = (torch.randn(64, 16, generator=g) * scale).requires_grad_()
+        h2 = (torch.randn(64, 16, generator=g) * scale).requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            loss = icl_loss(h1, h2)
+        _, p, weight = saved  # h, P (row softmax), -dloss/dlog_p
+        grad_s = p * weight[:, None]
+        assert torch.isfinite(loss) and not ((grad_s != 0) & (grad_s.abs() < tiny)).any()
+        assert (weight > 0).sum() >= 64  # at least one direction of every pair keeps its weight
+        loss.backward()
+        assert torch.isfinite(h1.grad).all() and torch.isfinite(h2.grad).all()
+
+
+# --- Stage III (psqe/seeds/stage3.py): the vectorised expansion equals the per-seed loop ---------
+
+def _expand_reference(seeds, nb1, nb2, left, right, eta, schedule):
+    """Stage III's candidate list as the original per-seed loop built it."""
+    used1 = torch.zeros(left.shape[0], dtype=torch.bool)
+    used2 = torch.zeros(right.shape[0], dtype=torch.bool)
+    used1[seeds[:, 0]] = True
+    used2[seeds[:, 1]] = True
+    out, s = [], seeds.shape[0]
+
+    def hood(e, nb):
+        found = nb[1][nb[0][e]:nb[0][e + 1]]
+        return found if found.numel() else torch.tensor([e])
+
+    for i, (e1, e2) in enumerate(seeds.tolist()):
+        a, b = hood(e1, nb1), hood(e2, nb2)
+        a, b = a[~used1[a]], b[~used2[b]]
+        if a.numel() == 0 or b.numel() == 0:
+            continue
+        sim = left[a] @ right[b].T
+        hit = (sim > (eta if schedule == "paper" else eta + 0.1 * i / s)).nonzero()
+        out += [(float(sim[r, c]), int(a[r]), int(b[c]), i) for r, c in hit.tolist()]
+    return out
+
+
+@pytest.mark.parametrize("schedule, eta", [("paper", 0.3), ("script", 0.2), ("paper", 0.99)])
+def test_stage3_vectorised_candidates_equal_the_per_seed_loop(schedule, eta, monkeypatch):
+    from psqe.seeds import stage3
+    from psqe.seeds.fusion import weighted_pair_tables
+
+    g = torch.Generator().manual_seed(5)
+    n = 40
+    def csr(edges):
+        edges = torch.cat([edges, edges.flip(0)], 1)
+        order = torch.argsort(edges[0] * n + edges[1])
+        src, dst = edges[:, order]
+        return torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(src, minlength=n).cumsum(0)]), dst
+    nb1 = csr(torch.randint(0, n - 5, (2, 70), generator=g))  # the last 5 entities are isolated
+    nb2 = csr(torch.randint(0, n - 5, (2, 70), generator=g))
+    base = torch.randn(n, 6, generator=g)
+    orig1, orig2 = {"visual": base}, {"visual": base + 0.8 * torch.randn(n, 6, generator=g)}
+    tuned1, tuned2 = {"visual": torch.randn(n, 4, generator=g)}, {"visual": torch.randn(n, 4, generator=g)}
+    seeds = torch.tensor([[0, 1], [3, 3], [38, 37], [7, 9], [12, 2], [39, 5]])
+    seen = {}
+    real = stage3.ops.greedy_match
+    def spy(scores, rows, cols, *a):
+        seen["cands"] = (scores, rows, cols)
+        return real(scores, rows, cols, *a)
+    monkeypatch.setattr(stage3.ops, "greedy_match", spy)
+    real_walk = stage3._script_walk
+    def spy_walk(scores, rows, cols, owner, s):
+        seen["cands"] = (scores, rows, cols, owner)
+        return real_walk(scores, rows, cols, owner, s)
+    monkeypatch.setattr(stage3, "_script_walk", spy_walk)
+    new = stage3.expand(seeds, nb1, nb2, orig1, orig2, tuned1, tuned2, {"visual": 1.0}, eta=eta, schedule=schedule)
+    left, right = weighted_pair_tables(stage3.joined_tables(orig1, tuned1), stage3.joined_tables(orig2, tuned2), {"visual": 1.0})
+    ref = _expand_reference(seeds, nb1, nb2, left, right, eta, schedule)
+    if not ref:
+        assert new.shape == (0, 2) and "cands" not in seen
+        return
+    got = seen["cands"]
+    assert [(r, c) for _, r, c, _ in ref] == list(zip(got[1].tolist(), got[2].tolist()))
+    torch.testing.assert_close(got[0], torch.tensor([s for s, *_ in ref]), rtol=0, atol=1e-6)
+    if schedule == "script":
+        assert got[3].tolist() == [o for *_, o in ref]

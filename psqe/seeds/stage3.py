@@ -43,10 +43,32 @@ def joined_tables(original: dict[str, torch.Tensor], tuned: dict[str, torch.Tens
     }
 
 
-def _neighbourhood(entity: int, nb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _neighbour_lists(entities: torch.Tensor, nb: tuple[torch.Tensor, torch.Tensor],
+                     used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each entity's unused neighbours (an entity without neighbours stands for
+    itself), concatenated in entity order: ``(members, ptr)``, entity ``i``'s
+    list being ``members[ptr[i]:ptr[i + 1]]`` in neighbour order."""
     indptr, idx = nb
-    found = idx[indptr[entity] : indptr[entity + 1]]
-    return found if found.numel() else torch.tensor([entity])
+    start, stop = indptr[entities], indptr[entities + 1]
+    count = stop - start
+    lonely = count == 0
+    count = torch.where(lonely, 1, count)
+    owner = torch.repeat_interleave(torch.arange(entities.numel()), count)
+    first = torch.cumsum(count, 0) - count
+    pos = torch.arange(int(count.sum())) - first[owner] + start[owner]
+    if idx.numel():
+        members = torch.where(lonely[owner], entities[owner], idx[pos.clamp(max=idx.numel() - 1)])
+    else:  # no edges at all: everyone stands for itself
+        members = entities[owner]
+    keep = ~used[members]
+    members, owner = members[keep], owner[keep]
+    ptr = torch.zeros(entities.numel() + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(owner, minlength=entities.numel()), 0, out=ptr[1:])
+    return members, ptr
+
+
+#: Rows (kg1 + kg2 neighbours) gathered per chunk of seeds in Stage III (bounds the memory held at once).
+_CHUNK_ROWS = 8192
 
 
 def expand(
@@ -61,36 +83,67 @@ def expand(
     eta: float = 0.8,
     schedule: str = "paper",
 ) -> torch.Tensor:
-    """New pairs ``[P, 2]`` (kg1 local, kg2 local) found around the seeds."""
+    """New pairs ``[P, 2]`` (kg1 local, kg2 local) found around the seeds.
+
+    All seeds' neighbour blocks are scored into one flat buffer (one matrix
+    product per seed, nothing else in the loop), then thresholded at once:
+    thousands of tiny operations per run would each wait for the other
+    thread on a busy 2-core machine.
+    """
     if schedule not in ("paper", "script"):
         raise ValueError(f"stage3: schedule must be 'paper' or 'script', got {schedule!r}")
-    j1, j2 = joined_tables(original1, tuned1), joined_tables(original2, tuned2)
-    w = {m: v for m, v in weights.items() if m in j1 and m in j2}
+    w = {m: v for m, v in weights.items() if m in original1 and m in tuned1 and m in original2 and m in tuned2}
     if not w:
         raise ValueError(f"stage3: no weighted modality has both original and tuned features (weights {sorted(weights)})")
-    left, right = weighted_pair_tables(j1, j2, w)
-    n1, n2 = left.shape[0], right.shape[0]
+    n1, n2 = next(iter(original1.values())).shape[0], next(iter(original2.values())).shape[0]
+    seeds = seeds.long().cpu()
+    s = seeds.shape[0]
     used1 = torch.zeros(n1, dtype=torch.bool)
     used2 = torch.zeros(n2, dtype=torch.bool)
     used1[seeds[:, 0]] = True
     used2[seeds[:, 1]] = True
-    scores, rows, cols, owner = [], [], [], []
-    s = seeds.shape[0]
-    for i, (e1, e2) in enumerate(seeds.tolist()):
-        a, b = _neighbourhood(e1, neighbours1), _neighbourhood(e2, neighbours2)
-        a, b = a[~used1[a]], b[~used2[b]]
-        if a.numel() == 0 or b.numel() == 0:
-            continue
-        sim = left[a] @ right[b].T
-        threshold = eta if schedule == "paper" else eta + 0.1 * i / s
-        hit = (sim > threshold).nonzero()
-        scores.append(sim[hit[:, 0], hit[:, 1]])
-        rows.append(a[hit[:, 0]])
-        cols.append(b[hit[:, 1]])
-        owner.append(torch.full((hit.shape[0],), i, dtype=torch.long))
-    if not scores:
+    a_all, a_ptr = _neighbour_lists(seeds[:, 0], neighbours1, used1)
+    b_all, b_ptr = _neighbour_lists(seeds[:, 1], neighbours2, used2)
+    # The joined tables only for the entities some block reads (row-wise, so
+    # the same numbers as the full tables).
+    need1, a_row = torch.unique(a_all, return_inverse=True)
+    need2, b_row = torch.unique(b_all, return_inverse=True)
+    left, right = weighted_pair_tables(joined_tables({m: original1[m][need1] for m in w}, {m: tuned1[m][need1] for m in w}),
+                                       joined_tables({m: original2[m][need2] for m in w}, {m: tuned2[m][need2] for m in w}), w)
+    na, nb = a_ptr.diff(), b_ptr.diff()
+    size = na * nb  # block of seed i: na[i] x nb[i] scores, row-major
+    offset = torch.zeros(s + 1, dtype=torch.long)
+    torch.cumsum(size, 0, out=offset[1:])
+    flat = torch.empty(int(offset[-1]), dtype=left.dtype)
+    busy = (size > 0).nonzero().squeeze(1).tolist()
+    na_l, nb_l, a_l, b_l, off_l = na.tolist(), nb.tolist(), a_ptr.tolist(), b_ptr.tolist(), offset.tolist()
+    k = 0
+    while k < len(busy):  # chunks of seeds: gather their rows once, then one product per seed
+        first = busy[k]
+        last = k
+        while last + 1 < len(busy) and a_l[busy[last + 1] + 1] - a_l[first] + b_l[busy[last + 1] + 1] - b_l[first] <= _CHUNK_ROWS:
+            last += 1
+        stop = busy[last]
+        rows_a = left[a_row[a_l[first]:a_l[stop + 1]]]
+        rows_b = right[b_row[b_l[first]:b_l[stop + 1]]]
+        for i in busy[k:last + 1]:
+            pa, pb = a_l[i] - a_l[first], b_l[i] - b_l[first]
+            out = flat[off_l[i]:off_l[i + 1]].view(na_l[i], nb_l[i])
+            torch.mm(rows_a[pa:pa + na_l[i]], rows_b[pb:pb + nb_l[i]].T, out=out)
+        k = last + 1
+    owner_of = torch.repeat_interleave(torch.arange(s), size)
+    if schedule == "paper":
+        hit = (flat > eta).nonzero().squeeze(1)
+    else:  # eta_i = eta + 0.1 * i / s, in double as Python computes it, compared in float32
+        threshold = (eta + 0.1 * torch.arange(s, dtype=torch.float64) / s).to(flat.dtype)
+        hit = (flat > threshold[owner_of]).nonzero().squeeze(1)
+    if hit.numel() == 0:
         return torch.empty(0, 2, dtype=torch.long)
-    scores, rows, cols, owner = torch.cat(scores), torch.cat(rows), torch.cat(cols), torch.cat(owner)
+    owner = owner_of[hit]
+    local = hit - offset[owner]
+    scores = flat[hit]
+    rows = a_all[a_ptr[owner] + local // nb[owner]]
+    cols = b_all[b_ptr[owner] + local % nb[owner]]
     if schedule == "paper":
         pos = ops.greedy_match(scores, rows, cols)
         new = torch.stack([rows[pos], cols[pos]], dim=1)
