@@ -7,6 +7,8 @@ import pytest
 
 from psqe.cli import main
 
+pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
+
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):

@@ -7,6 +7,8 @@ import torch
 import psqe
 from psqe.data import KnowledgeGraph
 
+pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
+
 
 def planted_pair(n: int = 600, d: int = 32, seed: int = 0):
     """kg2 is a relabelled copy of kg1 (same edges), features = shared latent + noise."""

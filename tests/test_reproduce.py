@@ -11,6 +11,8 @@ from psqe.data import load_dataset
 from psqe.data.synthetic import make_pair
 from psqe.features import save_feature_set
 
+pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

@@ -11,6 +11,8 @@ from psqe.seeds.mic import mic_filter
 from psqe.seeds.stage1 import stage1
 from psqe.seeds.stage3 import expand
 
+pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
+
 
 def blobs(n_per: int, centres: torch.Tensor, noise: float, seed: int):
     g = torch.Generator().manual_seed(seed)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from psqe.seeds.stage2_model import ContrastiveTuner, DiagGAT
 from psqe.seeds.stage2_train import TuningConfig, fit, icl_loss, receptive_field, tune
 
+pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -8,6 +8,8 @@ import psqe
 from psqe.data.synthetic import SyntheticConfig, make_pair
 from psqe.seeds.metrics import precision_recall
 
+pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
+
 
 @pytest.fixture(scope="module")
 def pair():
