@@ -116,3 +116,14 @@ def test_seeds_command_rejects_a_bad_config(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["seeds", str(tmp_path), "--features", "f", "--out", str(tmp_path / "o"), "--config", str(bad)])
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_written_files_get_the_usual_mode(demo_report):
+    """Atomic writes go through mkstemp (mode 0600); the final files follow the umask like any other."""
+    import os
+
+    _, out = demo_report
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("report.json", "seeds_psqe.tsv", "seed_distribution.svg"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
