@@ -110,6 +110,8 @@ def test_type_one_and_two_precision_bounds():
 def test_overrides_and_bad_config():
     p = make_pair(300, seed=0, overlap=0.5, dims={"visual": 8})
     assert p.links.shape[0] == 150 and list(p.kg1.features) == ["visual"] and p.kg1.features["visual"].shape[1] == 8
+    tiny = make_pair(1)
+    assert tiny.kg1.num_entities == 1 and tiny.kg1.num_triples == 0 and tiny.links.shape == (1, 2)
     with pytest.raises(ValueError, match="num_entities must be a positive integer"):
         make_pair(0)
     with pytest.raises(ValueError, match="overlap must be in"):

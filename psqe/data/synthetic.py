@@ -144,6 +144,8 @@ def _world_edges(n: int, cfg: SyntheticConfig, communities: Tensor, g: torch.Gen
     tails[inside] = _sample_within(weights, communities, heads[inside], g)
     keep = heads != tails
     heads, tails = heads[keep], tails[keep]
+    if heads.numel() == 0:  # a one-entity world has no edges
+        return heads, tails, heads.clone()
     zipf = torch.multinomial(1.0 / torch.arange(1, cfg.num_relations + 1, dtype=torch.float), heads.numel(), replacement=True, generator=g)
     shift = torch.randint(0, cfg.num_relations, (int(communities.max()) + 1,), generator=g)
     rel = (zipf + shift[communities[heads]]) % cfg.num_relations
