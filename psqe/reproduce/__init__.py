@@ -34,7 +34,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,7 +97,6 @@ class ReproduceConfig:
     root: str | None = None
     features: str | None = None
     cache_dir: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ..align import ALIGNERS
