@@ -9,9 +9,11 @@ import logging
 import pytest
 import torch
 
-from psqe.align import AlignData, evaluate, fit
+from psqe.align import AlignData, fit
 from psqe.align.mclea import MCLEA, MCLEAConfig, mclea_train_config
 from psqe.data.synthetic import make_pair
+
+from align_common import hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -22,27 +24,16 @@ BOUND = 0.40
 
 
 @pytest.fixture(scope="module")
-def setup(align_setup):
-    return align_setup
-
-
-@pytest.fixture(scope="module")
-def trained(setup):
-    data, split = setup
+def trained(align_setup):
+    data, split = align_setup
     model = MCLEA(data, seed=0)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     result = fit(model, data, split.train, mclea_train_config(epochs=EPOCHS, log_every=0), progress=False)
     return model, before, result
 
 
-def hits1(model, data, split) -> float:
-    model.eval()
-    with torch.no_grad():
-        return evaluate(model(data), split, data)["hits@1"]
-
-
-def test_supervised_run_beats_bound_untrained_does_not(setup, trained):
-    data, split = setup
+def test_supervised_run_beats_bound_untrained_does_not(align_setup, trained):
+    data, split = align_setup
     untrained = MCLEA(data, seed=0)
     fit(untrained, data, split.train, mclea_train_config(epochs=0), progress=False)
     model, _, result = trained
@@ -62,8 +53,8 @@ def test_learned_weights_move(trained):
     assert set(model.loss_weights()) == {"icl", "ial"}
 
 
-def test_outputs_and_loss(setup):
-    data, split = setup
+def test_outputs_and_loss(align_setup):
+    data, split = align_setup
     model = MCLEA(data, MCLEAConfig(graph_dim=12, visual_dim=5, attribute_dim=6, relation_dim=7), seed=0)
     assert model.modalities == ["visual", "attribute", "relation", "graph"]
     out = model(data)
@@ -79,8 +70,8 @@ def test_outputs_and_loss(setup):
         model(AlignData.from_pair(make_pair(50, seed=1)))
 
 
-def test_surface_switch_and_skipped_modalities(setup, caplog):
-    data, _ = setup
+def test_surface_switch_and_skipped_modalities(align_setup, caplog):
+    data, _ = align_setup
     g = torch.Generator().manual_seed(0)
     n = data.num_entities
     surface = dataclasses.replace(data, features={**data.features, "name": torch.randn(n, 9, generator=g),

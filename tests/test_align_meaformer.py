@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psqe.align import AlignData, evaluate, fit
+from psqe.align import AlignData, fit
 from psqe.align.meaformer import MEAformer, MEAformerConfig, ModalityTransformerLayer, meaformer_train_config
 from psqe.data.synthetic import make_pair
+
+from align_common import hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -19,13 +21,8 @@ BOUND = 0.40
 
 
 @pytest.fixture(scope="module")
-def setup(align_setup):
-    return align_setup
-
-
-@pytest.fixture(scope="module")
-def trained(setup):
-    data, split = setup
+def trained(align_setup):
+    data, split = align_setup
     model = MEAformer(data, seed=0)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     weights_before = model.modality_weights(data)
@@ -33,14 +30,8 @@ def trained(setup):
     return model, before, weights_before, result
 
 
-def hits1(model, data, split) -> float:
-    model.eval()
-    with torch.no_grad():
-        return evaluate(model(data), split, data)["hits@1"]
-
-
-def test_supervised_run_beats_bound_untrained_does_not(setup, trained):
-    data, split = setup
+def test_supervised_run_beats_bound_untrained_does_not(align_setup, trained):
+    data, split = align_setup
     untrained = MEAformer(data, seed=0)
     fit(untrained, data, split.train, meaformer_train_config(epochs=0), progress=False)
     model, _, _, result = trained
@@ -49,8 +40,8 @@ def test_supervised_run_beats_bound_untrained_does_not(setup, trained):
     assert result.losses[-1] < result.losses[0]
 
 
-def test_learned_weights_move(setup, trained):
-    data, _ = setup
+def test_learned_weights_move(align_setup, trained):
+    data, _ = align_setup
     model, before, weights_before, _ = trained
     params = dict(model.named_parameters())
     for name in ("weighting.log_vars", "fusion.0.query.weight", "fusion.0.ffn.0.weight", "encoder.structure.entity",
@@ -61,8 +52,8 @@ def test_learned_weights_move(setup, trained):
     assert max(abs(after[m] - weights_before[m]) for m in after) > 1e-3
 
 
-def test_outputs_weights_and_dropout(setup):
-    data, split = setup
+def test_outputs_weights_and_dropout(align_setup):
+    data, split = align_setup
     model = MEAformer(data, MEAformerConfig(hidden=12, intermediate=20), seed=0)
     n, m = data.num_entities, len(model.modalities)
     model.eval()

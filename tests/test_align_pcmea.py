@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psqe.align import evaluate, fit
+from psqe.align import fit
 from psqe.align.losses import contrastive_loss
 from psqe.align.pcmea import PCMEA, PCMEAConfig, pcmea_train_config
+
+from align_common import hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -25,13 +27,8 @@ PRECISION_BOUND = 0.40
 
 
 @pytest.fixture(scope="module")
-def setup(align_setup):
-    return align_setup
-
-
-@pytest.fixture(scope="module")
-def trained(setup):
-    data, split = setup
+def trained(align_setup):
+    data, split = align_setup
     model = PCMEA(data, CONFIG, seed=0)
     initial = {k: v.detach().clone() for k, v in model.momentum_encoder.named_parameters()}
     model.exclude(split.test[:30])
@@ -39,14 +36,8 @@ def trained(setup):
     return model, initial, result
 
 
-def hits1(model, data, split) -> float:
-    model.eval()
-    with torch.no_grad():
-        return evaluate(model(data), split, data)["hits@1"]
-
-
-def test_supervised_run_beats_bound_untrained_does_not(setup, trained):
-    data, split = setup
+def test_supervised_run_beats_bound_untrained_does_not(align_setup, trained):
+    data, split = align_setup
     untrained = PCMEA(data, CONFIG, seed=0)
     fit(untrained, data, split.train, pcmea_train_config(epochs=0), progress=False)
     model, _, result = trained
@@ -55,8 +46,8 @@ def test_supervised_run_beats_bound_untrained_does_not(setup, trained):
     assert not untrained.momentum_active and untrained.pseudo_links.shape == (0, 2)
 
 
-def test_pseudo_links_precise_and_disjoint_from_seeds(setup, trained):
-    data, split = setup
+def test_pseudo_links_precise_and_disjoint_from_seeds(align_setup, trained):
+    data, split = align_setup
     model, _, _ = trained
     links = model.pseudo_links.cpu()
     assert links.shape[0] >= 50
@@ -73,8 +64,8 @@ def test_pseudo_links_precise_and_disjoint_from_seeds(setup, trained):
     assert epochs[0] >= CONFIG.momentum_start and counts[0] == 0 and sum(counts) == links.shape[0]
 
 
-def test_calibration_accepts_only_repeated_proposals(setup):
-    data, _ = setup
+def test_calibration_accepts_only_repeated_proposals(align_setup):
+    data, _ = align_setup
     model = PCMEA(data, PCMEAConfig(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4))
     n1 = data.n1
     first = torch.tensor([[0, n1 + 5], [1, n1 + 6], [2, n1 + 7]])
@@ -88,8 +79,8 @@ def test_calibration_accepts_only_repeated_proposals(setup):
     assert [c for _, c in model.pseudo_history] == [0, 1, 2]
 
 
-def test_momentum_encoder_and_momentum_contrast(setup, trained):
-    data, split = setup
+def test_momentum_encoder_and_momentum_contrast(align_setup, trained):
+    data, split = align_setup
     model, initial, _ = trained
     assert model.momentum_active
     assert all(not p.requires_grad for p in model.momentum_encoder.parameters())
@@ -108,8 +99,8 @@ def test_momentum_encoder_and_momentum_contrast(setup, trained):
     torch.testing.assert_close(model.joint_term(out, pairs), expected)
 
 
-def test_pseudo_links_join_the_batches(setup):
-    data, split = setup
+def test_pseudo_links_join_the_batches(align_setup):
+    data, split = align_setup
     model = PCMEA(data, PCMEAConfig(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4))
     out = model(data)
     model.pseudo_links = data.links[-20:].clone()
