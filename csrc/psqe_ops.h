@@ -23,6 +23,17 @@
 //   overflow to inf/NaN although the inputs are finite are outside this
 //   contract (devices may order them differently).
 //
+// topk_similarity_both(Tensor a, Tensor b, int k)
+//     -> (Tensor row_values, Tensor row_indices, Tensor col_values,
+//         Tensor col_indices)
+//   Both directions of one similarity S = a @ b^T from a single pass over
+//   its tiles: row_* [n, min(k, m)] are topk_similarity(a, b, k); col_*
+//   [m, min(k, n)] hold, for every column j of S (row j of b), the min(k, n)
+//   largest S[i, j] sorted descending, ties broken by the smaller row i, with
+//   their row indices i. Same inputs and checks as topk_similarity (no
+//   exclude: pass the free rows of a and b). Extra memory: one tile plus the
+//   running k candidates of every column (m x k). CPU kernel only.
+//
 // greedy_match(Tensor scores, Tensor rows, Tensor cols, int? limit=None,
 //              Tensor? used_rows=None, Tensor? used_cols=None) -> Tensor
 //   scores [c] floating and finite, rows [c] / cols [c] int64 >= 0.

@@ -72,6 +72,14 @@ def topk_similarity(a: torch.Tensor, b: torch.Tensor, k: int, exclude: torch.Ten
     return values, indices
 
 
+def topk_similarity_both(a: torch.Tensor, b: torch.Tensor, k: int):
+    """Row-wise and column-wise top-k of ``a @ b.T`` (ties to the smaller index); see psqe.ops."""
+    _check_pair(a, b, "topk_similarity_both", "a", "b")
+    if not 1 <= k <= MAX_TOPK:
+        raise ValueError(f"topk_similarity_both: k must be in [1, {MAX_TOPK}], got {k}")
+    return (*topk_similarity(a, b, k), *topk_similarity(b, a, k))
+
+
 def walk_rank(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Rank of every candidate in the strict walk order (score desc, row, col, position)."""
     s = scores.to(_acc_dtype(scores.dtype)) + 0.0  # -0.0 -> +0.0

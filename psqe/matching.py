@@ -2,7 +2,8 @@
 
 The authors' script builds the dense ``|E1| x |E2|`` similarity matrix for
 every greedy selection. Here the candidates are each entity's ``k`` best
-partners in both directions (:func:`psqe.ops.topk_similarity`), walked by
+partners in both directions (:func:`psqe.ops.topk_similarity_both`, one pass
+over the free rows x free columns), walked by
 :func:`psqe.ops.greedy_match`. The result equals the dense greedy walk unless
 some entity's candidate list "ran out"; that is detected and ``k`` doubled.
 
@@ -131,14 +132,17 @@ def greedy_one_to_one(
     n_free_r, n_free_c = free_r.numel(), free_c.numel()
     a_free, b_free = a[free_r], b[free_c]
     while True:
-        kr, kc = min(k, ops.MAX_TOPK, max(m, 1)), min(k, ops.MAX_TOPK, max(n, 1))
-        vr, ir = ops.topk_similarity(a_free, b, kr, exclude=~col_free)
-        vc, ic = ops.topk_similarity(b_free, a, kc, exclude=~row_free)
+        kk = min(k, ops.MAX_TOPK)
+        kr, kc = min(kk, n_free_c), min(kk, n_free_r)
+        if n_free_r and n_free_c:  # one pass over the free rows x free columns gives both directions
+            vr, ir, vc, ic = ops.topk_similarity_both(a_free, b_free, kk)
+            ir, ic = free_c[ir], free_r[ic]  # sorted index maps: ties still go to the smaller index
+        else:
+            vr, vc = a.new_empty(n_free_r, 0, dtype=torch.float32), a.new_empty(n_free_c, 0, dtype=torch.float32)
+            ir, ic = vr.long(), vc.long()
         scores = torch.cat([vr.reshape(-1), vc.reshape(-1)])
         rows = torch.cat([free_r.repeat_interleave(ir.shape[1]), ic.reshape(-1)])
         cols = torch.cat([ir.reshape(-1), free_c.repeat_interleave(ic.shape[1])])
-        valid = (rows >= 0) & (cols >= 0)  # -1: padding where a side ran short
-        scores, rows, cols = scores[valid], rows[valid], cols[valid]
         pos = ops.greedy_match(scores, rows, cols, limit)
         sel_r, sel_c, sel_s = rows[pos], cols[pos], scores[pos]
 

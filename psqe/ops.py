@@ -3,6 +3,7 @@
 Three ops carry every stage of PSQE and every aligner's evaluation:
 
 - :func:`topk_similarity` — fused, tiled top-k of ``a @ b.T`` (no n x m matrix);
+  :func:`topk_similarity_both` gives the rows' and the columns' top-k from one pass;
 - :func:`greedy_match` — greedy one-to-one selection over scored candidates;
 - :func:`mic_keep` — the MIC check of a seed list (no s x s matrix).
 
@@ -36,6 +37,14 @@ if _BUILD_INFO is not None:
         kk = min(k, b.shape[0])
         acc = torch.float64 if a.dtype == torch.float64 else torch.float32
         return a.new_empty((a.shape[0], kk), dtype=acc), a.new_empty((a.shape[0], kk), dtype=torch.long)
+
+    @torch.library.register_fake("psqe::topk_similarity_both")
+    def _topk_both_fake(a, b, k):
+        acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+        n, m = a.shape[0], b.shape[0]
+        kr, kc = min(k, m), min(k, n)
+        return (a.new_empty((n, kr), dtype=acc), a.new_empty((n, kr), dtype=torch.long),
+                a.new_empty((m, kc), dtype=acc), a.new_empty((m, kc), dtype=torch.long))
 
     @torch.library.register_fake("psqe::greedy_match")
     def _greedy_fake(scores, rows, cols, limit=None, used_rows=None, used_cols=None):
@@ -122,6 +131,35 @@ def topk_similarity(
     if not _compiled_for(a):
         return _reference.topk_similarity(a, b, k, exclude)
     return torch.ops.psqe.topk_similarity(a, b, k, exclude)
+
+
+def topk_similarity_both(
+    a: torch.Tensor, b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k of every row *and* every column of ``a @ b.T``, one GEMM per tile.
+
+    ``(row_values, row_indices)`` equal ``topk_similarity(a, b, k)``;
+    ``(col_values, col_indices)`` are ``[m, min(k, n)]``: for column ``j``
+    (row ``j`` of ``b``) the largest ``(a @ b.T)[i, j]`` sorted descending,
+    ties broken by the smaller ``i``, and those ``i``. On CPU both come from
+    one pass over the similarity tiles (half the GEMM work of two calls);
+    the scores of a pair are then identical in both lists. Other devices
+    run two :func:`topk_similarity` calls (column scores from ``b @ a.T``,
+    equal up to float rounding). No ``exclude``: pass the free rows.
+
+    Example:
+        >>> import torch, psqe.ops as ops
+        >>> a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> b = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.0, 1.0]])
+        >>> rv, ri, cv, ci = ops.topk_similarity_both(a, b, k=1)
+        >>> ri.squeeze(1).tolist(), ci.squeeze(1).tolist()
+        ([0, 2], [0, 1, 1])
+    """
+    if not _compiled_for(a):
+        return _reference.topk_similarity_both(a, b, k)
+    if a.device.type == "cuda":
+        return (*torch.ops.psqe.topk_similarity(a, b, k, None), *torch.ops.psqe.topk_similarity(b, a, k, None))
+    return torch.ops.psqe.topk_similarity_both(a, b, k)
 
 
 def greedy_match(

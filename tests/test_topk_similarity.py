@@ -138,3 +138,67 @@ def test_opcheck():
     a, b = integer_features(30, 8, seed=1), integer_features(40, 8, seed=2)
     torch.library.opcheck(torch.ops.psqe.topk_similarity.default, (a, b, 5, None))
     torch.library.opcheck(torch.ops.psqe.topk_similarity.default, (a, b, 5, torch.rand(40) < 0.3))
+
+
+# --- topk_similarity_both: rows and columns from one pass -------------------
+
+
+@pytest.mark.parametrize("n,m,d,k", GRID + [(5000, 9000, 16, 64)])
+def test_both_matches_two_oracle_calls(device, n, m, d, k):
+    a = integer_features(n, d, seed=n + d).to(device)
+    b = integer_features(m, d, seed=m + k).to(device)
+    rv, ri, cv, ci = ops.topk_similarity_both(a, b, k)
+    erv, eri = _reference.topk_similarity(a, b, k)
+    ecv, eci = _reference.topk_similarity(b, a, k)
+    assert cv.shape == ci.shape == (m, min(k, n)) and cv.dtype == torch.float32
+    for got, want in ((rv, erv), (ri, eri), (cv, ecv), (ci, eci)):
+        assert torch.equal(got, want)
+
+
+def test_both_columns_agree_with_float64_truth():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(4500, 300, generator=g), torch.randn(1500, 300, generator=g)
+    _, _, cv, ci = ops.topk_similarity_both(a, b, 50)
+    exact = (a.double() @ b.double().T).T  # column j of a @ b.T
+    torch.testing.assert_close(cv.double(), torch.topk(exact, 50, dim=1).values, rtol=0, atol=1e-4)
+    torch.testing.assert_close(exact.gather(1, ci), cv.double(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_both_dtypes_and_strides(device, dtype):
+    big_a = integer_features(1400, 130, seed=15).to(device, dtype)
+    big_b = integer_features(900, 130, seed=16).to(device, dtype)
+    a, b = big_a[::2, ::2], big_b[:, ::2]
+    assert not a.is_contiguous()
+    out = ops.topk_similarity_both(a, b, 20)
+    ref = _reference.topk_similarity_both(a.double(), b.double(), 20)
+    assert out[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for got, want in zip(out, ref):
+        assert torch.equal(got.double() if got.is_floating_point() else got, want)
+
+
+@pytest.mark.parametrize("n,m", [(0, 5), (4, 0), (0, 0)])
+def test_both_empty_inputs(device, n, m):
+    rv, ri, cv, ci = ops.topk_similarity_both(torch.zeros(n, 3, device=device), torch.ones(m, 3, device=device), 3)
+    assert rv.shape == ri.shape == (n, min(3, m)) and cv.shape == ci.shape == (m, min(3, n))
+
+
+@pytest.mark.parametrize(
+    "a,b,k,message",
+    [
+        (torch.zeros(3, 2), torch.zeros(4, 3), 1, "same feature size"),
+        (torch.zeros(3, 2), torch.zeros(4, 2), 0, "k must be >= 1"),
+        (torch.zeros(3, 2, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long), 1, "float16, bfloat16"),
+        (torch.zeros(3, 2), torch.tensor([[0.0, float("nan")]]), 1, "b must be finite"),
+    ],
+)
+def test_both_bad_input_is_a_clear_error(a, b, k, message):
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.psqe.topk_similarity_both(a, b, k)
+    with pytest.raises((ValueError, TypeError)):  # the oracle (fallback) rejects it too
+        _reference.topk_similarity_both(a, b, k)
+
+
+def test_both_opcheck():
+    a, b = integer_features(30, 8, seed=1), integer_features(40, 8, seed=2)
+    torch.library.opcheck(torch.ops.psqe.topk_similarity_both.default, (a, b, 5))

@@ -1,6 +1,7 @@
-// Schema and argument checks of psqe::topk_similarity (semantics in
-// csrc/psqe_ops.h). Kernels: cpu/topk_similarity_kernel.cpp and
-// cuda/topk_similarity_kernel.cu.
+// Schemas and argument checks of psqe::topk_similarity and
+// psqe::topk_similarity_both (semantics in csrc/psqe_ops.h). Kernels:
+// cpu/topk_similarity_kernel.cpp and cuda/topk_similarity_kernel.cu (CPU
+// only for the _both variant; psqe.ops composes it from two calls on CUDA).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -52,6 +53,9 @@ TORCH_LIBRARY_FRAGMENT(psqe, m) {
   m.def(
       "topk_similarity(Tensor a, Tensor b, int k, Tensor? exclude=None) -> "
       "(Tensor values, Tensor indices)");
+  m.def(
+      "topk_similarity_both(Tensor a, Tensor b, int k) -> (Tensor row_values, "
+      "Tensor row_indices, Tensor col_values, Tensor col_indices)");
 }
 
 }  // namespace psqe

@@ -6,6 +6,8 @@
 // equal to the current k-th best can never win its tie (it has the larger
 // column): one `v > worst` compare rejects almost every element for small k,
 // which keeps the selection far cheaper than the GEMM.
+// topk_similarity_both also keeps the k best of every column, in a second
+// scan of each tile by column blocks, so one GEMM serves both directions.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -45,20 +47,34 @@ inline scalar_t block_max(const scalar_t* x) {
   return m;
 }
 
+// Adds `c` to a bounded heap (worst on top) of `size` <= kk entries, evicting
+// the worst when full; the caller has checked that `c` beats it.
 template <typename scalar_t>
-void topk_cpu_impl(const at::Tensor& a, const at::Tensor& b, int64_t kk,
-                   const bool* excluded, at::Tensor& values,
-                   at::Tensor& indices) {
-  using Cand = Candidate<scalar_t>;
-  const auto cmp = [](const Cand& x, const Cand& y) { return better(x, y); };
-  // Heaps of the current row block; with `better` as the heap order the top
-  // of each heap is its worst candidate.
-  std::vector<Cand> heaps(static_cast<size_t>(std::min(a.size(0), cpu::kRowTile) * kk));
-  std::vector<int64_t> sizes(std::min(a.size(0), cpu::kRowTile), 0);
-  scalar_t* out_v = values.data_ptr<scalar_t>();
-  int64_t* out_i = indices.data_ptr<int64_t>();
+inline void keep(Candidate<scalar_t>* heap, int64_t& size, int64_t kk, Candidate<scalar_t> c) {
+  const auto cmp = [](const Candidate<scalar_t>& x, const Candidate<scalar_t>& y) { return better(x, y); };
+  if (size == kk) {
+    std::pop_heap(heap, heap + kk, cmp);
+    heap[kk - 1] = c;
+    std::push_heap(heap, heap + kk, cmp);
+  } else {
+    heap[size++] = c;
+    std::push_heap(heap, heap + size, cmp);
+  }
+}
 
-  const auto on_tile = [&](const at::Tensor& tile, int64_t /*r0*/, int64_t c0) {
+// Running k best (value, column) of every row of one row block; with
+// `better` as the heap order the top of each heap is its worst candidate.
+template <typename scalar_t>
+struct RowSelector {
+  using Cand = Candidate<scalar_t>;
+  int64_t kk;
+  std::vector<Cand> heaps;
+  std::vector<int64_t> sizes;
+
+  RowSelector(int64_t rows, int64_t k)
+      : kk(k), heaps(static_cast<size_t>(rows * k)), sizes(rows, 0) {}
+
+  void on_tile(const at::Tensor& tile, int64_t c0, const bool* excluded) {
     const int64_t cols = tile.size(1);
     const scalar_t* base = tile.const_data_ptr<scalar_t>();
     at::parallel_for(0, tile.size(0), 16, [&](int64_t begin, int64_t end) {
@@ -81,22 +97,18 @@ void topk_cpu_impl(const at::Tensor& a, const at::Tensor& b, int64_t kk,
             if (excluded != nullptr && excluded[col]) {
               continue;
             }
-            if (size == kk) {
-              std::pop_heap(heap, heap + kk, cmp);
-              heap[kk - 1] = Cand{v, col};
-              std::push_heap(heap, heap + kk, cmp);
-            } else {
-              heap[size++] = Cand{v, col};
-              std::push_heap(heap, heap + size, cmp);
-            }
+            keep(heap, size, kk, Cand{v, col});
           }
         }
         sizes[r] = size;
       }
     });
-  };
+  }
 
-  const auto on_rows_done = [&](int64_t r0, int64_t rows) {
+  // Sorted output of rows [0, rows) of the block into out_v/out_i (row r0
+  // onwards); resets the heaps for the next block.
+  void finish(int64_t r0, int64_t rows, scalar_t* out_v, int64_t* out_i) {
+    const auto cmp = [](const Cand& x, const Cand& y) { return better(x, y); };
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         Cand* heap = heaps.data() + r * kk;
@@ -112,9 +124,90 @@ void topk_cpu_impl(const at::Tensor& a, const at::Tensor& b, int64_t kk,
         sizes[r] = 0;
       }
     });
-  };
+  }
+};
 
-  cpu::for_each_similarity_tile(a, b, values.scalar_type(), on_tile, on_rows_done);
+// Running k best (value, row) of every column of the whole similarity. Rows
+// arrive in increasing order (row blocks are the outer loop of the tiling),
+// so, as for rows, an equal value never wins its tie. `worst[j]` mirrors the
+// top of column j's heap (-inf until full) so that a block of columns is
+// rejected with one vectorisable compare.
+template <typename scalar_t>
+struct ColSelector {
+  using Cand = Candidate<scalar_t>;
+  int64_t kk;
+  std::vector<Cand> heaps;
+  std::vector<int64_t> sizes;
+  std::vector<scalar_t> worst;
+
+  ColSelector(int64_t cols, int64_t k)
+      : kk(k), heaps(static_cast<size_t>(cols * k)), sizes(cols, 0),
+        worst(cols, -std::numeric_limits<scalar_t>::infinity()) {}
+
+  void on_tile(const at::Tensor& tile, int64_t r0, int64_t c0) {
+    const int64_t rows = tile.size(0);
+    const int64_t cols = tile.size(1);
+    const scalar_t* base = tile.const_data_ptr<scalar_t>();
+    // Threads own disjoint column ranges; each walks the tile's rows in order.
+    at::parallel_for(0, (cols + kBlock - 1) / kBlock, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t j0 = blk * kBlock;
+        const int64_t width = std::min(kBlock, cols - j0);
+        scalar_t* w = worst.data() + c0 + j0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* row = base + r * cols + j0;
+          bool any = false;
+          for (int64_t t = 0; t < width; ++t) {
+            any |= row[t] > w[t];
+          }
+          if (!any) {
+            continue;
+          }
+          for (int64_t t = 0; t < width; ++t) {
+            const scalar_t v = row[t];
+            if (!(v > w[t])) {
+              continue;
+            }
+            const int64_t col = c0 + j0 + t;
+            Cand* heap = heaps.data() + col * kk;
+            int64_t& size = sizes[col];
+            keep(heap, size, kk, Cand{v, r0 + r});
+            if (size == kk) {
+              w[t] = heap[0].value;
+            }
+          }
+        }
+      }
+    });
+  }
+
+  void finish(scalar_t* out_v, int64_t* out_i) {
+    const auto cmp = [](const Cand& x, const Cand& y) { return better(x, y); };
+    const int64_t cols = static_cast<int64_t>(sizes.size());
+    at::parallel_for(0, cols, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        Cand* heap = heaps.data() + c * kk;
+        std::sort(heap, heap + sizes[c], cmp);  // every row was seen: size == kk
+        for (int64_t j = 0; j < kk; ++j) {
+          out_v[c * kk + j] = heap[j].value;
+          out_i[c * kk + j] = heap[j].index;
+        }
+      }
+    });
+  }
+};
+
+template <typename scalar_t>
+void topk_cpu_impl(const at::Tensor& a, const at::Tensor& b, int64_t kk,
+                   const bool* excluded, at::Tensor& values,
+                   at::Tensor& indices) {
+  RowSelector<scalar_t> rows(std::min(a.size(0), cpu::kRowTile), kk);
+  scalar_t* out_v = values.data_ptr<scalar_t>();
+  int64_t* out_i = indices.data_ptr<int64_t>();
+  cpu::for_each_similarity_tile(
+      a, b, values.scalar_type(),
+      [&](const at::Tensor& tile, int64_t /*r0*/, int64_t c0) { rows.on_tile(tile, c0, excluded); },
+      [&](int64_t r0, int64_t n) { rows.finish(r0, n, out_v, out_i); });
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_similarity_cpu(
@@ -140,10 +233,43 @@ std::tuple<at::Tensor, at::Tensor> topk_similarity_cpu(
   return {values, indices};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_similarity_both_cpu(
+    const at::Tensor& a, const at::Tensor& b, int64_t k) {
+  check_topk_similarity_args(a, b, k, std::nullopt);
+  const int64_t n = a.size(0);
+  const int64_t m = b.size(0);
+  const int64_t kr = std::min(k, m);
+  const int64_t kc = std::min(k, n);
+  const at::ScalarType acc = accumulate_dtype(a.scalar_type());
+  at::Tensor row_values = at::empty({n, kr}, a.options().dtype(acc));
+  at::Tensor row_indices = at::empty({n, kr}, a.options().dtype(at::kLong));
+  at::Tensor col_values = at::empty({m, kc}, a.options().dtype(acc));
+  at::Tensor col_indices = at::empty({m, kc}, a.options().dtype(at::kLong));
+  if (n == 0 || m == 0) {
+    return {row_values, row_indices, col_values, col_indices};
+  }
+  AT_DISPATCH_FLOATING_TYPES(acc, "topk_similarity_both_cpu", [&] {
+    RowSelector<scalar_t> rows(std::min(n, cpu::kRowTile), kr);
+    ColSelector<scalar_t> cols(m, kc);
+    scalar_t* rv = row_values.data_ptr<scalar_t>();
+    int64_t* ri = row_indices.data_ptr<int64_t>();
+    cpu::for_each_similarity_tile(
+        a, b, acc,
+        [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
+          rows.on_tile(tile, c0, nullptr);
+          cols.on_tile(tile, r0, c0);
+        },
+        [&](int64_t r0, int64_t count) { rows.finish(r0, count, rv, ri); });
+    cols.finish(col_values.data_ptr<scalar_t>(), col_indices.data_ptr<int64_t>());
+  });
+  return {row_values, row_indices, col_values, col_indices};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(psqe, CPU, m) {
   m.impl("topk_similarity", &topk_similarity_cpu);
+  m.impl("topk_similarity_both", &topk_similarity_both_cpu);
 }
 
 }  // namespace psqe
