@@ -27,6 +27,8 @@ training alone ``seconds_stage2_training`` and ``seconds_per_epoch``,
 included). Cases (``impl``):
 
 - ``psqe``: torch's default threads (2 here);
+- ``psqe-bf16``: ``TuningConfig(visual_precision="bfloat16")``: the visual
+  encoder's products in bfloat16 (AMX on this CPU), not the paper's setting;
 - ``psqe-passive``: the same with ``OMP_WAIT_POLICY=PASSIVE``: on a shared
   machine, OpenMP threads that spin while waiting for a core another job
   holds make 2 threads slower than 1 (measured with one other job running:
@@ -99,7 +101,7 @@ else:
         kg.set_feature("visual", torch.randn(kg.num_entities, 2048, generator=g).abs_())
         kg.set_feature("relation", torch.randn(kg.num_entities, 384, generator=g))
     source = "random stand-in features of R2's shapes (visual 2048-d, relation 384-d, no attribute)"
-cfg = psqe.PSQEConfig().replace(tuning={"epochs": args["epochs"]})
+cfg = psqe.PSQEConfig().replace(tuning={"epochs": args["epochs"], **args["tuning"]})
 
 fit_seconds = []
 _fit = stage2_train.fit
@@ -132,7 +134,7 @@ if pair.links is not None:  # precision against the gold links (global ids), unt
 per_epoch = fit_seconds[0] / max(args["epochs"], 1) if fit_seconds else float("nan")
 print(json.dumps({
     "features": source, "epochs": args["epochs"], "threads": torch.get_num_threads(),
-    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "tuning_overrides": args["tuning"],
     "seconds_generate_seeds": seconds, "cpu_seconds": cpu, "timings": result.timings,
     "seconds_stage2_training": fit_seconds[0] if fit_seconds else None, "seconds_per_epoch": per_epoch,
     "projected_seconds_300_epochs": seconds + (300 - args["epochs"]) * per_epoch,
@@ -141,15 +143,20 @@ print(json.dumps({
 }))
 """
 
-CASES = {"psqe": (None, {}), "psqe-passive": (None, {"OMP_WAIT_POLICY": "PASSIVE"}), "psqe-1thread": (1, {})}
+CASES = {  # impl -> (threads, extra environment, TuningConfig overrides)
+    "psqe": (None, {}, {}),
+    "psqe-bf16": (None, {}, {"visual_precision": "bfloat16"}),
+    "psqe-passive": (None, {"OMP_WAIT_POLICY": "PASSIVE"}, {}),
+    "psqe-1thread": (1, {}, {}),
+}
 
 
 def _run(dataset: Path, features: Path | None, epochs: int, impl: str) -> dict:
-    threads, extra_env = CASES[impl]
+    threads, extra_env, tuning = CASES[impl]
     env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
     args = {"dataset": str(dataset), "features": str(features) if features else None, "epochs": epochs,
-            "threads": threads}
+            "threads": threads, "tuning": tuning}
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env, capture_output=True,
                           text=True, check=False)
     if done.returncode != 0:
@@ -169,7 +176,7 @@ def _case(benchmark, impl: str, epochs: int) -> dict:
     return result
 
 
-@pytest.mark.parametrize("impl", ["psqe"])
+@pytest.mark.parametrize("impl", ["psqe", "psqe-bf16"])
 def test_generate_seeds_zh_en_short(benchmark, impl):
     """A few epochs: per-stage times and the per-epoch cost, projected to 300 epochs."""
     _case(benchmark, impl, SHORT_EPOCHS)

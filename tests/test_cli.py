@@ -97,8 +97,10 @@ def test_seeds_command_writes_every_file(tmp_path):
     config = tmp_path / "cfg.json"
     config.write_text('{"budget": 50, "n_clusters": 2, "eta": 0.5, "tuning": {"epochs": 5, "batch_size": 32}}')
     out = tmp_path / "out"
-    assert main(["seeds", str(folder), "--features", str(tmp_path / "f.safetensors"), "--out", str(out), "--config", str(config)]) == 0
+    assert main(["seeds", str(folder), "--features", str(tmp_path / "f.safetensors"), "--out", str(out), "--config", str(config),
+                 "--visual-precision", "bfloat16"]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["tuning"]["visual_precision"] == "bfloat16" and report["config"]["tuning"]["epochs"] == 5
     seeds = np.load(out / "seeds.npy")
     assert seeds.dtype == np.int32 and seeds.shape == (report["seeds"], 2)
     tsv = [tuple(map(int, line.split("\t"))) for line in (out / "seeds.tsv").read_text().splitlines()]
@@ -110,12 +112,16 @@ def test_seeds_command_writes_every_file(tmp_path):
 
 
 
-def test_seeds_command_rejects_a_bad_config(tmp_path, capsys):
+@pytest.mark.parametrize("text, message", [
+    ('{"no_such_field": 1}', "no_such_field"),
+    ('{"tuning": {"visual_precision": "float8"}}', "visual_precision must be one of"),
+])
+def test_seeds_command_rejects_a_bad_config(tmp_path, capsys, text, message):
     bad = tmp_path / "cfg.json"
-    bad.write_text('{"no_such_field": 1}')
+    bad.write_text(text)
     with pytest.raises(SystemExit):
         main(["seeds", str(tmp_path), "--features", "f", "--out", str(tmp_path / "o"), "--config", str(bad)])
-    assert "no_such_field" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_written_files_get_the_usual_mode(demo_report):

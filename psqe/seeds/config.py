@@ -1,4 +1,6 @@
-"""``PSQEConfig``: every default of PSQE-SPEC.md in one place.
+"""``PSQEConfig``: every default of PSQE-SPEC.md in one place (Stage II's
+``TuningConfig`` too: it lives here, away from PyTorch Geometric, so that
+``import psqe`` stays light; :mod:`.stage2_train` re-exports it).
 
 Where the paper and the authors' script differ, the paper's behaviour is the
 default and the script's is an option:
@@ -19,8 +21,68 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 from .fusion import DEFAULT_WEIGHTS
-from .stage2_train import TuningConfig
+
+
+#: ``TuningConfig.visual_precision`` values and their dtypes.
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Stage II tuning settings; defaults are the authors' script values (PSQE-SPEC.md).
+
+    ``hidden`` 300, visual GAT ``heads`` 2 and ``layers`` 2; AdamW ``lr`` 0.01
+    (``weight_decay``: torch's AdamW default); ``epochs`` 300, one optimiser
+    step each; ``batch_size`` 2000 seed pairs per ICL batch, accumulated over
+    the epoch; ``temperature`` 1; ``normalize_output``: L2-normalise outputs
+    (loss and tables); GAT ``dropout`` 0; ``negative_scores``: EVA-family
+    ``exp(-LeakyReLU)`` attention; ``icl_combine``: ``"prob"`` (Eq. 2) or
+    ``"log"``, see :func:`~.stage2_train.icl_loss`; ``subgraph``: train on the seeds'
+    receptive field (same result, faster); ``fused``: attention aggregation
+    as sparse-matrix products (same result, faster; ``False``: PyTorch
+    Geometric's edge-list messages); ``log_every`` epochs (0: never);
+    ``seed`` for init and shuffling; ``device`` ``"cpu"`` or ``"cuda"``;
+    ``visual_precision``: ``"float32"`` (default) or ``"bfloat16"``: the
+    visual ``Linear`` (``[N, 2048] x [2048, hidden]``, forward and weight
+    gradient: about half of an epoch's time on CPU) multiplies bfloat16
+    copies of the features and weight with float32 accumulation; on CPUs with
+    AMX (``amx_bf16``) or a GPU those products run 2.5-4x faster. Parameters,
+    attention and loss stay float32. Not the paper's setting: the tuned
+    tables differ slightly (bench/results/ compares the seeds).
+    """
+
+    hidden: int = 300
+    heads: int = 2
+    layers: int = 2
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    epochs: int = 300
+    batch_size: int = 2000
+    temperature: float = 1.0
+    normalize_output: bool = False
+    dropout: float = 0.0
+    negative_scores: bool = False
+    icl_combine: str = "prob"
+    subgraph: bool = True
+    fused: bool = True
+    log_every: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    visual_precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.visual_precision not in PRECISIONS:
+            raise ValueError(f"TuningConfig.visual_precision must be one of {sorted(PRECISIONS)}, got {self.visual_precision!r}")
+        for name, low in (("hidden", 1), ("heads", 1), ("layers", 1), ("batch_size", 1), ("epochs", 0), ("log_every", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"TuningConfig.{name} must be >= {low}, got {getattr(self, name)}")
+        if not (self.temperature > 0 and self.lr > 0 and 0 <= self.dropout < 1):
+            raise ValueError(f"TuningConfig: need temperature > 0, lr > 0, 0 <= dropout < 1; got {self}")
+        if self.icl_combine not in ("prob", "log"):
+            raise ValueError(f"TuningConfig.icl_combine must be 'prob' or 'log', got {self.icl_combine!r}")
 
 
 @dataclass(frozen=True)

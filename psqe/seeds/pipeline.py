@@ -21,7 +21,6 @@ from .config import PSQEConfig
 from .fusion import active_weights, fuse
 from .mic import mic_filter
 from .stage1 import stage1
-from .stage2_train import tune
 from .stage3 import expand
 from .uvp import greedy_seeds, type_one, type_two
 
@@ -107,6 +106,8 @@ def generate_seeds(
     result.timings["stage1"] = time.perf_counter() - start
 
     if cfg.use_stage2:
+        from .stage2_train import tune  # imports PyTorch Geometric: only when Stage II runs
+
         start = time.perf_counter()
         n1 = kg1.num_entities
         edge_index = pair.union_adjacency.indices().to(cfg.device)

@@ -417,6 +417,14 @@ def receptive_field(edge_index: Tensor, targets: Tensor, num_nodes: int,
     return nodes, edges, num_dst
 
 
+def _encode(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)``, with the product in ``x``'s dtype when it is a reduced
+    precision one (see :class:`ContrastiveTuner`)."""
+    if x.dtype == linear.weight.dtype:
+        return linear(x)
+    return F.linear(x, linear.weight.to(x.dtype)).float() + linear.bias
+
+
 class ContrastiveTuner(nn.Module):
     """Stage II encoders (paper Eq. 5): any modality given a size of ``None`` is absent.
 
@@ -426,7 +434,11 @@ class ContrastiveTuner(nn.Module):
         heads, layers, dropout, negative_scores: of the visual :class:`DiagGAT`.
 
     ``forward(features, edge_index)`` takes a dict modality -> ``[N, d_m]``
-    (all present modalities) and returns modality -> ``[N, hidden]``.
+    (all present modalities) and returns modality -> ``[N, hidden]`` float32.
+    A modality given in ``bfloat16`` has its ``Linear`` product run in
+    bfloat16 (the weight is rounded per call; the product accumulates in
+    float32 and is returned as float32, the bias added in float32); the
+    parameters and everything after the ``Linear`` stay float32.
 
     >>> import torch
     >>> model = ContrastiveTuner(visual_dim=8, attribute_dim=None, relation_dim=5, hidden=6)
@@ -458,7 +470,7 @@ class ContrastiveTuner(nn.Module):
             raise ValueError(f"ContrastiveTuner.forward: features lack modalities {missing}")
         out = {}
         for m in self.modalities:
-            h = self.linears[m](features[m])
+            h = _encode(self.linears[m], features[m])
             if m == "visual":
                 h = self.gat(h, edge_index, num_dst)
             out[m] = h

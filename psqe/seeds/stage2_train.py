@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 from torch_geometric.utils import add_remaining_self_loops, coalesce, sort_edge_index
 from tqdm.auto import tqdm
 
+from .config import PRECISIONS, TuningConfig
 from .stage2_model import MODALITIES, Adjacency, ContrastiveTuner, receptive_field
 
 log = logging.getLogger(__name__)
@@ -160,51 +161,6 @@ class _ICL(torch.autograd.Function):
         return dh[:b], dh[b:], None, None
 
 
-@dataclass(frozen=True)
-class TuningConfig:
-    """Stage II tuning settings; defaults are the authors' script values (PSQE-SPEC.md).
-
-    ``hidden`` 300, visual GAT ``heads`` 2 and ``layers`` 2; AdamW ``lr`` 0.01
-    (``weight_decay``: torch's AdamW default); ``epochs`` 300, one optimiser
-    step each; ``batch_size`` 2000 seed pairs per ICL batch, accumulated over
-    the epoch; ``temperature`` 1; ``normalize_output``: L2-normalise outputs
-    (loss and tables); GAT ``dropout`` 0; ``negative_scores``: EVA-family
-    ``exp(-LeakyReLU)`` attention; ``icl_combine``: ``"prob"`` (Eq. 2) or
-    ``"log"``, see :func:`icl_loss`; ``subgraph``: train on the seeds'
-    receptive field (same result, faster); ``fused``: attention aggregation
-    as sparse-matrix products (same result, faster; ``False``: PyTorch
-    Geometric's edge-list messages); ``log_every`` epochs (0: never);
-    ``seed`` for init and shuffling; ``device`` ``"cpu"`` or ``"cuda"``.
-    """
-
-    hidden: int = 300
-    heads: int = 2
-    layers: int = 2
-    lr: float = 0.01
-    weight_decay: float = 0.01
-    epochs: int = 300
-    batch_size: int = 2000
-    temperature: float = 1.0
-    normalize_output: bool = False
-    dropout: float = 0.0
-    negative_scores: bool = False
-    icl_combine: str = "prob"
-    subgraph: bool = True
-    fused: bool = True
-    log_every: int = 50
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name, low in (("hidden", 1), ("heads", 1), ("layers", 1), ("batch_size", 1), ("epochs", 0), ("log_every", 0)):
-            if getattr(self, name) < low:
-                raise ValueError(f"TuningConfig.{name} must be >= {low}, got {getattr(self, name)}")
-        if not (self.temperature > 0 and self.lr > 0 and 0 <= self.dropout < 1):
-            raise ValueError(f"TuningConfig: need temperature > 0, lr > 0, 0 <= dropout < 1; got {self}")
-        if self.icl_combine not in ("prob", "log"):
-            raise ValueError(f"TuningConfig.icl_combine must be 'prob' or 'log', got {self.icl_combine!r}")
-
-
 def _check(features: dict[str, Tensor | None], edge_index: Tensor, seeds: Tensor) -> int:
     present = {m: f for m, f in features.items() if f is not None}
     if set(features) - set(MODALITIES) or not present:
@@ -235,6 +191,12 @@ def _model(features: dict[str, Tensor], config: TuningConfig) -> ContrastiveTune
         model = ContrastiveTuner(*dims, hidden=config.hidden, heads=config.heads, layers=config.layers,
                                  dropout=config.dropout, negative_scores=config.negative_scores)
     return model.to(config.device)
+
+
+def _encoder_inputs(feats: dict[str, Tensor], cfg: TuningConfig) -> dict[str, Tensor]:
+    """The model's inputs: the visual rows in ``cfg.visual_precision`` (cast once, not per epoch)."""
+    dtype = PRECISIONS[cfg.visual_precision]
+    return {m: f.to(dtype) if m == "visual" else f for m, f in feats.items()}
 
 
 def _num_edges(edges: Tensor | Adjacency) -> int:
@@ -276,12 +238,12 @@ def fit(features: dict[str, Tensor | None], edge_index: Tensor, seeds: Tensor, c
             if cfg.fused:
                 sources = [nodes.numel(), *num_dst[:-1]]
                 edges = [Adjacency.build(e, n_src, n_dst) for e, n_src, n_dst in zip(edges, sources, num_dst)]
-        inputs = {m: f[nodes] if m == "visual" else f[targets] for m, f in feats.items()}
+        inputs = _encoder_inputs({m: f[nodes] if m == "visual" else f[targets] for m, f in feats.items()}, cfg)
         log.info("stage II: %d seed pairs; each epoch runs the visual encoder on %d of %d nodes "
                  "and its attention layers on %s of %d edges", seeds.size(0), nodes.numel(), n,
                  [_num_edges(e) for e in edges], edge_index.size(1))
     else:
-        pair_local, num_dst, inputs = seeds, None, feats
+        pair_local, num_dst, inputs = seeds, None, _encoder_inputs(feats, cfg)
         edges = Adjacency.build(edge_index, n, n) if cfg.fused and "visual" in feats else edge_index
     optimizer = _adamw(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -344,7 +306,7 @@ def tune(features: dict[str, Tensor | None], edge_index: Tensor, seeds: Tensor, 
     if cfg.fused and "visual" in feats:
         edge_index = Adjacency.build(edge_index, n, n)
     with torch.no_grad():
-        return _outputs(model, feats, edge_index, None, cfg.normalize_output)
+        return _outputs(model, _encoder_inputs(feats, cfg), edge_index, None, cfg.normalize_output)
 
 
 __all__ = ["TuningConfig", "fit", "icl_loss", "receptive_field", "tune"]
