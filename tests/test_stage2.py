@@ -278,7 +278,7 @@ def test_config_defaults_are_the_scripts():
 
 # --- the fused (sparse-matrix) attention path and the hand-written backward passes ---------------
 
-from psqe.seeds.stage2_model import GRAD_FLUSH, Adjacency, _AttentionAggregate  # noqa: E402
+from psqe.seeds.attention import GRAD_FLUSH, Adjacency, _AttentionAggregate  # noqa: E402
 
 
 @pytest.mark.parametrize("negative_scores", [False, True])

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
