@@ -142,6 +142,16 @@ def test_lr_schedule():
     il = TrainConfig(il=True, il_start=10, il_lr_scale=0.2)
     assert (_lr_factor(il, 0.5, 9), _lr_factor(il, 0.5, 10)) == (1.0, 0.2)
     assert _lr_factor(TrainConfig(), 0.7, 3) == 1.0
+    drop = TrainConfig(lr_drop_epoch=500, lr_drop_factor=0.2)
+    assert (_lr_factor(drop, 0.4, 499), _lr_factor(drop, 0.6, 500)) == (1.0, 0.2)
+    both = TrainConfig(scheduler="cosine", lr_drop_epoch=2, lr_drop_factor=0.5, il=True, il_start=2, il_lr_scale=0.2)
+    assert _lr_factor(both, 0.5, 2) == pytest.approx(0.5 * 0.5 * 0.2)
+    from psqe.align import pcmea_train_config
+    assert (pcmea_train_config().lr_drop_epoch, pcmea_train_config().lr_drop_factor) == (500, 0.2)
+    with pytest.raises(ValueError, match="lr_drop_epoch"):
+        TrainConfig(lr_drop_epoch=-1)
+    with pytest.raises(ValueError, match="lr_drop_factor"):
+        TrainConfig(lr_drop_factor=0.0)
 
 
 def test_model_selection_restores_the_best_state(pair_data):

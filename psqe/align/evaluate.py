@@ -94,8 +94,8 @@ def ranks(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | None = N
     dtype = torch.float64 if left.dtype == torch.float64 else torch.float32
     q, c = F.normalize(left.detach().to(dtype), dim=1), F.normalize(right.detach().to(dtype), dim=1)
     if csls_k:
-        r_q = ops.topk_similarity(q, c, int(csls_k))[0].to(dtype).mean(1)
-        r_c = ops.topk_similarity(c, q, int(csls_k))[0].to(dtype).mean(1)
+        top_q, _, top_c, _ = ops.topk_similarity_both(q, c, int(csls_k))  # both neighbourhoods, one pass
+        r_q, r_c = top_q.to(dtype).mean(1), top_c.to(dtype).mean(1)
     out = torch.empty(n, dtype=torch.long, device=left.device)
     for s in range(0, n, block):
         score = q[s:s + block] @ c.t()

@@ -30,6 +30,10 @@ pseudo-label calibration, after the authors' code (``src/run_PCMEA.py``,
   ``l`` is only recorded, a changed partner overwrites it). Accepted
   pseudo-links are mixed into every batch of the following epochs (spread
   evenly over the epoch's batches) and take part in every loss term.
+- **Learning rate divided by 5** from the pseudo-labelling start
+  (:func:`pcmea_train_config`: ``lr_drop_epoch=500, lr_drop_factor=0.2``;
+  set ``lr_drop_epoch`` to ``pseudo_start`` when changing that). Fit's own
+  iterative learning stays off: the pseudo-links replace it.
 
 **Not implemented, and why**
 
@@ -46,9 +50,6 @@ pseudo-label calibration, after the authors' code (``src/run_PCMEA.py``,
   similarity for the first 500 epochs): it indexes the similarity matrix by
   position in the training list as if it were an entity id, so its effect
   cannot be stated as a method; batches here are plain shuffles.
-- The learning rate divided by 5 from the pseudo-labelling start:
-  :func:`~psqe.align.fit` scales the learning rate only for its own
-  iterative learning; PCMEA's pseudo-links replace that (``il`` stays off).
 
 Training (:func:`pcmea_train_config`): MCLEA's (AdamW lr 5e-4, batch 512, one
 step per epoch) over 1000 epochs, momentum and pseudo-labels from epoch 500.
@@ -111,7 +112,7 @@ class PCMEAConfig(MCLEAConfig):
 def pcmea_train_config(**overrides) -> TrainConfig:
     """PCMEA's training settings (module docstring): MCLEA's optimiser and batches, 1000 epochs."""
     base = TrainConfig(epochs=1000, lr=5e-4, weight_decay=0.01, batch_size=512, step_per_batch=False, il=False,
-                       il_start=500, il_every=5, il_persist=10, il_lr_scale=0.2)
+                       il_start=500, il_every=5, il_persist=10, il_lr_scale=0.2, lr_drop_epoch=500, lr_drop_factor=0.2)
     return replace(base, **overrides)
 
 

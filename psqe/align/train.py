@@ -18,6 +18,8 @@ found; the pairs found at all ``il_persist`` checks of a cycle join the
 training pairs when it ends. EVA's code: ``il_every=5, il_persist=10``;
 default 2 (persist across two consecutive checks). ``il_lr_scale`` multiplies
 the lr from ``il_start`` (EVA: 0.2; its optimiser re-creation is not copied).
+``lr_drop_epoch`` / ``lr_drop_factor`` multiply it from a given epoch
+whatever ``il`` is (PCMEA divides it by 5 when its pseudo-labelling starts).
 
 **Model selection**: with ``val_pairs`` and ``eval_every > 0`` the joint
 embedding is ranked on them (candidates: all of kg2; ``val_candidates="pairs"``:
@@ -71,6 +73,8 @@ class TrainConfig:
     il_every: int = 5
     il_persist: int = 2
     il_lr_scale: float = 1.0
+    lr_drop_epoch: int | None = None
+    lr_drop_factor: float = 1.0
     log_every: int = 50
 
     def __post_init__(self) -> None:
@@ -79,8 +83,11 @@ class TrainConfig:
             if getattr(self, name) < low:
                 raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)}")
         if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.warmup < 1 and self.il_lr_scale > 0
-                and (self.grad_clip is None or self.grad_clip > 0)):
-            raise ValueError("TrainConfig: need lr > 0, weight_decay >= 0, 0 <= warmup < 1, il_lr_scale > 0, grad_clip > 0")
+                and self.lr_drop_factor > 0 and (self.grad_clip is None or self.grad_clip > 0)):
+            raise ValueError("TrainConfig: need lr > 0, weight_decay >= 0, 0 <= warmup < 1, il_lr_scale > 0, "
+                             "lr_drop_factor > 0, grad_clip > 0")
+        if self.lr_drop_epoch is not None and self.lr_drop_epoch < 0:
+            raise ValueError(f"TrainConfig.lr_drop_epoch must be >= 0 or None, got {self.lr_drop_epoch}")
         for name, allowed in (("scheduler", ("none", "cosine")), ("val_candidates", ("all", "pairs")),
                               ("select_metric", ("mrr", "hits@1", "hits@10"))):
             if getattr(self, name) not in allowed:
@@ -135,8 +142,8 @@ class MutualNeighbours:
         keys = torch.zeros(0, dtype=torch.long, device=joint.device)
         if free_l.numel() and free_r.numel():
             j = F.normalize(joint.float(), dim=1)
-            a = ops.topk_similarity(j[free_l], j[free_r], 1)[1][:, 0]
-            b = ops.topk_similarity(j[free_r], j[free_l], 1)[1][:, 0]
+            _, a, _, b = ops.topk_similarity_both(j[free_l], j[free_r], 1)  # best partner each way, one pass
+            a, b = a[:, 0], b[:, 0]
             mutual = b[a] == torch.arange(free_l.numel(), device=joint.device)
             keys = free_l[mutual] * self.n + free_r[a[mutual]]
         self.keys = keys if self.count == 0 else keys[torch.isin(keys, self.keys)]
@@ -152,6 +159,8 @@ def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
     factor, w = 1.0, cfg.warmup
     if cfg.scheduler == "cosine":
         factor = progress / w if progress < w else 0.5 * (1.0 + math.cos(math.pi * (progress - w) / (1.0 - w)))
+    if cfg.lr_drop_epoch is not None and epoch >= cfg.lr_drop_epoch:
+        factor *= cfg.lr_drop_factor
     return factor * (cfg.il_lr_scale if cfg.il and epoch >= cfg.il_start else 1.0)
 
 
