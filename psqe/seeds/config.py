@@ -48,10 +48,12 @@ class TuningConfig:
     ``visual_precision``: ``"float32"`` (default) or ``"bfloat16"``: the
     visual ``Linear`` (``[N, 2048] x [2048, hidden]``, forward and weight
     gradient: about half of an epoch's time on CPU) multiplies bfloat16
-    copies of the features and weight with float32 accumulation; on CPUs with
-    AMX (``amx_bf16``) or a GPU those products run 2.5-4x faster. Parameters,
-    attention and loss stay float32. Not the paper's setting: the tuned
-    tables differ slightly (bench/results/ compares the seeds).
+    copies of the features and weight with float32 accumulation. Measured
+    on a 2-core Xeon with AMX (``amx_bf16``): those products 4.1x (forward)
+    and 2.4x (weight gradient) faster, ``generate_seeds`` on DBP15K 1.3x; on
+    hardware without bfloat16 matrix units it can be slower (GPUs: not
+    measured). Parameters, attention and loss stay float32. Not the paper's
+    setting: the tuned tables differ slightly (bench/results/ compares the seeds).
     """
 
     hidden: int = 300
