@@ -62,17 +62,49 @@ inline void keep(Candidate<scalar_t>* heap, int64_t& size, int64_t kk, Candidate
   }
 }
 
-// Running k best (value, column) of every row of one row block; with
-// `better` as the heap order the top of each heap is its worst candidate.
+// `count` bounded heaps of kk candidates each; with `better` as the heap
+// order the top of each heap is its worst candidate.
 template <typename scalar_t>
-struct RowSelector {
+struct HeapSet {
   using Cand = Candidate<scalar_t>;
   int64_t kk;
   std::vector<Cand> heaps;
   std::vector<int64_t> sizes;
 
-  RowSelector(int64_t rows, int64_t k)
-      : kk(k), heaps(static_cast<size_t>(rows * k)), sizes(rows, 0) {}
+  HeapSet(int64_t count, int64_t k)
+      : kk(k), heaps(static_cast<size_t>(count * k)), sizes(count, 0) {}
+
+  // Heaps [0, count) sorted best first into rows `first`.. of out_v/out_i
+  // ([*, kk]), padded with -inf / -1 where a heap holds fewer than kk (fewer
+  // columns survived `exclude`: pad, never guess); the heaps are emptied.
+  void emit(int64_t count, int64_t first, scalar_t* out_v, int64_t* out_i) {
+    const auto cmp = [](const Cand& x, const Cand& y) { return better(x, y); };
+    at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t h = begin; h < end; ++h) {
+        Cand* heap = heaps.data() + h * kk;
+        const int64_t size = sizes[h];
+        std::sort(heap, heap + size, cmp);
+        scalar_t* v = out_v + (first + h) * kk;
+        int64_t* ix = out_i + (first + h) * kk;
+        for (int64_t j = 0; j < kk; ++j) {
+          v[j] = j < size ? heap[j].value : -std::numeric_limits<scalar_t>::infinity();
+          ix[j] = j < size ? heap[j].index : -1;
+        }
+        sizes[h] = 0;
+      }
+    });
+  }
+};
+
+// Running k best (value, column) of every row of one row block.
+template <typename scalar_t>
+struct RowSelector : HeapSet<scalar_t> {
+  using Cand = Candidate<scalar_t>;
+  using HeapSet<scalar_t>::kk;
+  using HeapSet<scalar_t>::heaps;
+  using HeapSet<scalar_t>::sizes;
+
+  RowSelector(int64_t rows, int64_t k) : HeapSet<scalar_t>(rows, k) {}
 
   void on_tile(const at::Tensor& tile, int64_t c0, const bool* excluded) {
     const int64_t cols = tile.size(1);
@@ -108,22 +140,7 @@ struct RowSelector {
   // Sorted output of rows [0, rows) of the block into out_v/out_i (row r0
   // onwards); resets the heaps for the next block.
   void finish(int64_t r0, int64_t rows, scalar_t* out_v, int64_t* out_i) {
-    const auto cmp = [](const Cand& x, const Cand& y) { return better(x, y); };
-    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        Cand* heap = heaps.data() + r * kk;
-        const int64_t size = sizes[r];
-        std::sort(heap, heap + size, cmp);
-        scalar_t* v = out_v + (r0 + r) * kk;
-        int64_t* ix = out_i + (r0 + r) * kk;
-        for (int64_t j = 0; j < kk; ++j) {
-          // Fewer than kk columns survive `exclude`: pad, never guess.
-          v[j] = j < size ? heap[j].value : -std::numeric_limits<scalar_t>::infinity();
-          ix[j] = j < size ? heap[j].index : -1;
-        }
-        sizes[r] = 0;
-      }
-    });
+    this->emit(rows, r0, out_v, out_i);
   }
 };
 
@@ -133,16 +150,15 @@ struct RowSelector {
 // top of column j's heap (-inf until full) so that a block of columns is
 // rejected with one vectorisable compare.
 template <typename scalar_t>
-struct ColSelector {
+struct ColSelector : HeapSet<scalar_t> {
   using Cand = Candidate<scalar_t>;
-  int64_t kk;
-  std::vector<Cand> heaps;
-  std::vector<int64_t> sizes;
+  using HeapSet<scalar_t>::kk;
+  using HeapSet<scalar_t>::heaps;
+  using HeapSet<scalar_t>::sizes;
   std::vector<scalar_t> worst;
 
   ColSelector(int64_t cols, int64_t k)
-      : kk(k), heaps(static_cast<size_t>(cols * k)), sizes(cols, 0),
-        worst(cols, -std::numeric_limits<scalar_t>::infinity()) {}
+      : HeapSet<scalar_t>(cols, k), worst(cols, -std::numeric_limits<scalar_t>::infinity()) {}
 
   void on_tile(const at::Tensor& tile, int64_t r0, int64_t c0) {
     const int64_t rows = tile.size(0);
@@ -181,19 +197,9 @@ struct ColSelector {
     });
   }
 
+  // Every row was seen, so every heap is full (no padding).
   void finish(scalar_t* out_v, int64_t* out_i) {
-    const auto cmp = [](const Cand& x, const Cand& y) { return better(x, y); };
-    const int64_t cols = static_cast<int64_t>(sizes.size());
-    at::parallel_for(0, cols, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        Cand* heap = heaps.data() + c * kk;
-        std::sort(heap, heap + sizes[c], cmp);  // every row was seen: size == kk
-        for (int64_t j = 0; j < kk; ++j) {
-          out_v[c * kk + j] = heap[j].value;
-          out_i[c * kk + j] = heap[j].index;
-        }
-      }
-    });
+    this->emit(static_cast<int64_t>(sizes.size()), 0, out_v, out_i);
   }
 };
 
