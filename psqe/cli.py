@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def _common_align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", choices=["R0", "R1", "R2"], default="R2", help="feature setting (default R2)")
     p.add_argument("--features", default=None, help="feature file from `psqe features` (default: build and cache it)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs, the model's schedule scaled to them (default: the model's)")
     p.add_argument("--surface", action="store_true", help='"w/ surface": the aligners also read names and characters')
     p.add_argument("--root", default=None, help="data root for dataset names")
     p.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")

@@ -123,3 +123,21 @@ def test_train_config_and_bad_config():
     for bad in (dict(momentum=1.0), dict(pseudo_every=0), dict(pseudo_source="both"), dict(ucl_tau=0)):
         with pytest.raises(ValueError):
             PCMEAConfig(**bad)
+
+
+def test_build_aligner_scales_the_schedule_with_epochs(align_setup):
+    from psqe.align import build_aligner
+
+    data, _ = align_setup
+    model, cfg = build_aligner("pcmea", data, epochs=100)
+    # 1000 epochs with momentum, pseudo-labels and the lr drop from 500: all move to 50.
+    assert (cfg.epochs, cfg.lr_drop_epoch, cfg.il_start) == (100, 50, 50)
+    assert (model.config.momentum_start, model.config.pseudo_start, model.config.momentum_every) == (50, None, 20)
+    model, cfg = build_aligner("pcmea", data, epochs=100, momentum_start=7)  # an explicit value wins
+    assert model.config.momentum_start == 7
+    model, cfg = build_aligner("pcmea", data)
+    assert (cfg.epochs, cfg.lr_drop_epoch, model.config.momentum_start) == (1000, 500, 500)
+    _, cfg = build_aligner("eva", data, epochs=30)
+    assert (cfg.epochs, cfg.lr_drop_epoch) == (30, None)
+    with pytest.raises(ValueError, match="epochs"):
+        build_aligner("mclea", data, epochs=-1)

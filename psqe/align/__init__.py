@@ -35,7 +35,7 @@ from .mclea import MCLEA, MCLEAConfig, mclea_train_config
 from .meaformer import MEAformer, MEAformerConfig, meaformer_train_config
 from .pcmea import PCMEA, PCMEAConfig, pcmea_train_config
 from .losses import NCALoss, UncertaintyWeighting, contrastive_loss, ial_loss, icl_loss, nca_loss
-from .train import MutualNeighbours, TrainConfig, TrainResult, embed, fit
+from .train import MutualNeighbours, TrainConfig, TrainResult, _rescaled, embed, fit
 
 #: Aligner name -> (model class, its config dataclass, its default TrainConfig factory).
 ALIGNERS = {"eva": (EVA, EVAConfig, eva_train_config), "mclea": (MCLEA, MCLEAConfig, mclea_train_config),
@@ -43,13 +43,18 @@ ALIGNERS = {"eva": (EVA, EVAConfig, eva_train_config), "mclea": (MCLEA, MCLEACon
             "pcmea": (PCMEA, PCMEAConfig, pcmea_train_config)}
 
 
-def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: int = 0, **config):
+def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: int = 0, epochs: int | None = None,
+                  **config):
     """``(model, train_config)`` of the aligner called ``name`` (case-insensitive) for ``data``.
 
     ``surface`` is the "w/ surface" switch (the config's ``use_surface``),
     ``seed`` the model's initialisation seed, ``config`` other fields of the
-    model's config dataclass. Raises ``ValueError`` listing the known names
-    for an unknown one.
+    model's config dataclass. ``epochs`` (None: the model's own) shortens or
+    lengthens the run *with its schedule*: epoch-numbered points keep their
+    fraction of the run (:meth:`TrainConfig.with_epochs`; PCMEA's momentum and
+    pseudo-label start, unless given in ``config``), so that a shortened
+    PCMEA still reaches its second half. Raises ``ValueError`` listing the
+    known names for an unknown one.
 
     >>> build_aligner("nope", None)
     Traceback (most recent call last):
@@ -60,7 +65,14 @@ def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: in
     if key not in ALIGNERS:
         raise ValueError(f"unknown aligner {name!r}; known: {', '.join(sorted(ALIGNERS))}")
     cls, config_cls, train_config = ALIGNERS[key]
-    return cls(data, config_cls(use_surface=surface, **config), seed=seed), train_config(seed=seed)
+    train = train_config(seed=seed)
+    if epochs is not None and epochs != train.epochs:
+        if epochs < 0:
+            raise ValueError(f"build_aligner: epochs must be >= 0, got {epochs}")
+        fields = [f for f in getattr(config_cls, "SCHEDULE_FIELDS", ()) if f not in config]
+        config.update(_rescaled(config_cls(), fields, epochs / max(train.epochs, 1)))
+        train = train.with_epochs(epochs)
+    return cls(data, config_cls(use_surface=surface, **config), seed=seed), train
 
 
 __all__ = [

@@ -98,6 +98,9 @@ class PCMEAConfig(MCLEAConfig):
     pseudo_persist: int = 10
     pseudo_source: str = "momentum"
 
+    #: Epoch-numbered fields that :func:`~psqe.align.build_aligner` rescales with the run's length.
+    SCHEDULE_FIELDS = ("momentum_start", "pseudo_start")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (0 <= self.momentum < 1 and self.ucl_tau > 0 and self.momentum_start >= 0):

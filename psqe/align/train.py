@@ -33,7 +33,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,22 @@ class TrainConfig:
                               ("select_metric", ("mrr", "hits@1", "hits@10"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def with_epochs(self, epochs: int) -> "TrainConfig":
+        """This schedule stretched or shrunk to ``epochs``: the epoch-numbered
+        points (``il_start``, ``lr_drop_epoch``) keep their fraction of the run,
+        rounded; the intervals (``il_every``, ...) stay as they are. The cosine
+        schedule and its warm-up are fractions already.
+
+        >>> TrainConfig(epochs=1000, il_start=500, lr_drop_epoch=500).with_epochs(100).lr_drop_epoch
+        50
+        """
+        return replace(self, epochs=epochs, **_rescaled(self, ("il_start", "lr_drop_epoch"), epochs / max(self.epochs, 1)))
+
+
+def _rescaled(config, names: tuple[str, ...], factor: float) -> dict:
+    """``{name: round(value * factor)}`` for the named epoch fields of ``config`` that are set."""
+    return {n: round(getattr(config, n) * factor) for n in names if getattr(config, n) is not None}
 
 
 @dataclass

@@ -76,7 +76,8 @@ class ReproduceConfig:
         supervised: also train each model on 30% gold links.
         protocols: ``("legacy", "clean")`` or one of them.
         budget: seed budget of every generator (1000 on DBP15K).
-        epochs: overrides every aligner's epochs (None: each model's default).
+        epochs: overrides every aligner's epochs, its schedule scaled to fit
+            (:func:`psqe.align.build_aligner`; None: each model's default).
         psqe_epochs: overrides Stage II's tuning epochs (None: 300).
         surface: the aligners' "w/ surface" switch (names and characters).
         seed: random seed of seeds, features and training.

@@ -103,12 +103,11 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         else:
             split = clean_split(pair.links, train, seed=config.seed)
         split = split.to_pair_index(data)
-        model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.seed)
+        model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.seed,
+                                            epochs=config.epochs)
         changes = {"seed": config.seed, "device": config.device}
-        if config.epochs is not None:
-            changes["epochs"] = config.epochs
         if protocol == "clean":
-            changes["eval_every"] = max(1, (config.epochs if config.epochs is not None else train_config.epochs) // 10)
+            changes["eval_every"] = max(1, train_config.epochs // 10)
         train_config = dataclasses.replace(train_config, **changes)
         torch.manual_seed(config.seed)
         result = fit(model.to(config.device), data, split.train, train_config,

@@ -76,7 +76,7 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
     quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
     text = [f"# psqe reproduce: {pair.name or config.dataset}, setting {config.setting}\n\n",
-            f"Budget {config.budget}; epochs {config.epochs or 'model defaults'}; Stage II epochs "
+            f"Budget {config.budget}; epochs {f'{config.epochs} (schedules scaled)' if config.epochs else 'model defaults'}; Stage II epochs "
             f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}; seed {config.seed}. "
             f"`{SUPERVISED}`: trained on 30% gold links. Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside "
             "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
