@@ -51,14 +51,32 @@ def _gemm_tiles(a: torch.Tensor, b: torch.Tensor) -> None:
                 torch.mm(x, y.T)
 
 
-@pytest.mark.parametrize("impl", [OURS, "dense", "faiss", "gemm_only"])
-def test_topk_cpu_15k(benchmark, topk_inputs, dense_reference, impl):
+def _screen_mode(monkeypatch, benchmark, impl: str) -> None:
+    """``psqe``: the op as shipped (``PSQE_TOPK_SCREEN`` auto: the bfloat16
+    screen where the CPU has native bfloat16 products); ``psqe_float32``: the
+    float32 path alone."""
+    monkeypatch.setenv("PSQE_TOPK_SCREEN", "off" if impl == "psqe_float32" else "auto")
+    benchmark.extra_info["topk_screen"] = "off" if impl == "psqe_float32" else "auto"
+
+
+def _record_screen(benchmark, before, calls: int) -> None:
+    """Rows the screen served and recomputed per call, from the op's counters."""
+    after = torch.ops.psqe._topk_screen_stats()
+    benchmark.extra_info["screened_rows_per_call"] = (after[0] - before[0]) // calls
+    benchmark.extra_info["recomputed_rows_per_call"] = (after[1] - before[1]) // calls
+
+
+@pytest.mark.parametrize("impl", [OURS, "psqe_float32", "dense", "faiss", "gemm_only"])
+def test_topk_cpu_15k(benchmark, monkeypatch, topk_inputs, dense_reference, impl):
     """One group, all implementations: the ratios are read from one run."""
     a, b = topk_inputs
     benchmark.group = GROUP_CPU
     record_machine(benchmark, n=a.shape[0], m=b.shape[0], d=a.shape[1], k=K)
     rounds = 5
-    if impl == OURS:
+    before = torch.ops.psqe._topk_screen_stats() if ops.backend() == "compiled" else None
+    if impl.startswith(OURS):
+        _screen_mode(monkeypatch, benchmark, impl)
+
         def run():
             return ops.topk_similarity(a, b, K)
     elif impl == "dense":
@@ -81,6 +99,8 @@ def test_topk_cpu_15k(benchmark, topk_inputs, dense_reference, impl):
 
         benchmark.extra_info["faiss_threads"] = faiss.omp_get_max_threads()
     values, indices = pedantic(benchmark, run, rounds=rounds, warmup_rounds=1)
+    if before is not None and impl.startswith(OURS):
+        _record_screen(benchmark, before, calls=rounds + 1)  # + the warm-up round
     _check(values, indices, dense_reference)
 
 

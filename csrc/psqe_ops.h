@@ -21,7 +21,10 @@
 //   (rows x columns of a fixed budget) plus the running k candidates of the
 //   rows in flight (at most the output's size), never n x m. Products that
 //   overflow to inf/NaN although the inputs are finite are outside this
-//   contract (devices may order them differently).
+//   contract (devices may order them differently). On CPU, float32 inputs
+//   may be screened in bfloat16 first (csrc/ops/cpu/topk_screen.h): the
+//   result is still the float32 one, rows the screen cannot certify being
+//   recomputed in float32.
 //
 // topk_similarity_both(Tensor a, Tensor b, int k)
 //     -> (Tensor row_values, Tensor row_indices, Tensor col_values,

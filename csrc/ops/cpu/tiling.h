@@ -23,38 +23,54 @@ namespace cpu {
 constexpr int64_t kRowTile = 2048;
 constexpr int64_t kColTile = 4096;
 
-// Calls fn(tile, row0, col0) for every tile; `tile` is a contiguous
-// [rows, cols] tensor of `acc` dtype holding A[row0:row0+rows] @
-// B[col0:col0+cols]^T. Row blocks are the outer loop, so a caller can finish
-// a block of rows (fn_done(row0, rows)) before the next starts.
-template <typename TileFn, typename DoneFn>
-void for_each_similarity_tile(const at::Tensor& a, const at::Tensor& b,
-                              at::ScalarType acc, TileFn&& fn,
-                              DoneFn&& fn_done) {
-  const int64_t n = a.size(0);
-  const int64_t m = b.size(0);
-  at::Tensor buffer = at::empty({std::min(n, kRowTile), std::min(m, kColTile)},
-                                a.options().dtype(acc));
+// The tile loop with the product left to `gemm(tile, row0, rows, col0,
+// cols)`, which fills the contiguous float [rows, cols] `tile` (of dtype
+// `options`) with A[row0:row0+rows] @ B[col0:col0+cols]^T; then
+// fn(tile, row0, col0) as below. Row blocks are the outer loop, so a caller
+// can finish a block of rows (fn_done(row0, rows)) before the next starts.
+template <typename GemmFn, typename TileFn, typename DoneFn>
+void for_each_tile(int64_t n, int64_t m, const at::TensorOptions& options,
+                   GemmFn&& gemm, TileFn&& fn, DoneFn&& fn_done) {
+  at::Tensor buffer = at::empty({std::min(n, kRowTile), std::min(m, kColTile)}, options);
   // The last column block is narrower: a narrowed view of `buffer` would not
   // be contiguous, so it gets one buffer of its own, made once per call.
   const int64_t tail_cols = m % kColTile;
   at::Tensor tail;
   if (m > kColTile && tail_cols != 0) {
-    tail = at::empty({std::min(n, kRowTile), tail_cols}, buffer.options());
+    tail = at::empty({std::min(n, kRowTile), tail_cols}, options);
   }
   for (int64_t r0 = 0; r0 < n; r0 += kRowTile) {
     const int64_t rows = std::min(kRowTile, n - r0);
-    const at::Tensor a_blk = a.narrow(0, r0, rows).to(acc);
     for (int64_t c0 = 0; c0 < m; c0 += kColTile) {
       const int64_t cols = std::min(kColTile, m - c0);
-      const at::Tensor b_blk = b.narrow(0, c0, cols).to(acc);
       at::Tensor& store = cols == buffer.size(1) ? buffer : tail;
       at::Tensor tile = store.narrow(0, 0, rows);
-      at::mm_out(tile, a_blk, b_blk.t());
+      gemm(tile, r0, rows, c0, cols);
       fn(tile, r0, c0);
     }
     fn_done(r0, rows);
   }
+}
+
+// Calls fn(tile, row0, col0) for every tile; `tile` is a contiguous
+// [rows, cols] tensor of `acc` dtype holding A[row0:row0+rows] @
+// B[col0:col0+cols]^T (at::mm in `acc`).
+template <typename TileFn, typename DoneFn>
+void for_each_similarity_tile(const at::Tensor& a, const at::Tensor& b,
+                              at::ScalarType acc, TileFn&& fn,
+                              DoneFn&& fn_done) {
+  at::Tensor a_blk;
+  int64_t a_row0 = -1;
+  for_each_tile(
+      a.size(0), b.size(0), a.options().dtype(acc),
+      [&](at::Tensor& tile, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+        if (r0 != a_row0) {  // converted once per row block
+          a_blk = a.narrow(0, r0, rows).to(acc);
+          a_row0 = r0;
+        }
+        at::mm_out(tile, a_blk, b.narrow(0, c0, cols).to(acc).t());
+      },
+      fn, fn_done);
 }
 
 }  // namespace cpu

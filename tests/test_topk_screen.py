@@ -1,0 +1,174 @@
+"""The bfloat16-screened CPU path of psqe.ops.topk_similarity
+(csrc/ops/cpu/topk_screen.h): it must return what the float32 path returns,
+and fall back to it row by row when it cannot certify a row.
+
+``PSQE_TOPK_SCREEN=on`` forces the screen at every size; the counters of
+``torch.ops.psqe._topk_screen_stats`` show that it ran and how many rows it
+recomputed in float32.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import psqe.ops as ops
+from psqe import _reference
+from conftest import integer_features
+
+pytestmark = pytest.mark.skipif(ops.backend() != "compiled", reason="the screen is part of the compiled CPU kernel")
+
+
+def _stats() -> tuple[int, int]:
+    screened, recomputed = torch.ops.psqe._topk_screen_stats()
+    return screened, recomputed
+
+
+def _run(a, b, k, exclude=None):
+    """``topk_similarity`` and the rows (screened, recomputed) during the call."""
+    before = _stats()
+    out = ops.topk_similarity(a, b, k, exclude)
+    after = _stats()
+    return out, (after[0] - before[0], after[1] - before[1])
+
+
+@pytest.fixture
+def screen(monkeypatch):
+    """Sets PSQE_TOPK_SCREEN; skips when this libtorch has no bfloat16 GEMM to screen with."""
+    monkeypatch.setenv("PSQE_TOPK_SCREEN", "on")
+    _, (screened, _) = _run(torch.ones(2, 8), torch.ones(3, 8), 1)
+    if screened == 0:
+        pytest.skip("no MKL cblas_gemm_bf16bf16f32 in this libtorch: the screen never runs")
+    return lambda mode: monkeypatch.setenv("PSQE_TOPK_SCREEN", mode)
+
+
+@pytest.mark.parametrize("n,m,d,k", [(1, 1, 1, 1), (7, 5, 7, 10), (300, 1000, 300, 10), (2500, 4500, 7, 100),
+                                     (1200, 900, 2048, 1), (64, 3000, 256, 2048)])
+def test_integer_inputs_equal_the_oracle_exactly(screen, n, m, d, k):
+    # Products and sums of small integers are exact in both paths; ties are
+    # plentiful, so some rows cannot be certified and take the float32 path.
+    a, b = integer_features(n, d, seed=n + d), integer_features(m, d, seed=m + k)
+    exclude = torch.arange(m) % 7 == 3
+    (v, i), (screened, recomputed) = _run(a, b, k, exclude)
+    rv, ri = _reference.topk_similarity(a, b, k, exclude)
+    assert screened == n and 0 <= recomputed <= n
+    torch.testing.assert_close(v, rv, rtol=0, atol=0)
+    assert torch.equal(i, ri)
+
+
+@pytest.mark.parametrize("d", [300, 1024])
+def test_unit_rows_agree_with_float64_truth(screen, d):
+    g = torch.Generator().manual_seed(d)
+    a = F.normalize(torch.randn(2000, d, generator=g), dim=1)
+    b = F.normalize(torch.randn(6000, d, generator=g), dim=1)
+    exclude = torch.rand(6000, generator=g) < 0.2
+    (v, i), (screened, recomputed) = _run(a, b, 10, exclude)
+    assert screened == 2000 and recomputed < 20  # random rows: the hardest case for the certificate
+    exact = (a.double() @ b.double().T).masked_fill_(exclude, -torch.inf)
+    truth = torch.topk(exact, 11, dim=1)
+    torch.testing.assert_close(v.double(), truth.values[:, :10], rtol=0, atol=1e-6)
+    torch.testing.assert_close(exact.gather(1, i), v.double(), rtol=0, atol=1e-6)
+    # Indices differ only where float64 values are closer than float32 can
+    # tell: compare the places clear of both neighbours (the 11th included).
+    clear = (truth.values[:, :-1] - truth.values[:, 1:]) > 1e-6
+    tie_free = clear.clone()
+    tie_free[:, 1:] &= clear[:, :-1]
+    assert tie_free.float().mean() > 0.99
+    assert torch.equal(i[tie_free], truth.indices[:, :10][tie_free])
+    screen("off")
+    _, (screened_off, _) = _run(a, b, 10, exclude)
+    assert screened_off == 0
+
+
+def test_values_bfloat16_cannot_tell_apart_are_recomputed(screen):
+    # Every b entry is 1 + f_j with f_j < 2^-8: it rounds to 1 in bfloat16, so
+    # every screened value is d and no row can be certified.
+    m, d = 500, 256
+    f = torch.randperm(m, generator=torch.Generator().manual_seed(0)).float() / m * 2.0 ** -9
+    a, b = torch.ones(40, d), (1.0 + f).unsqueeze(1).expand(m, d).contiguous()
+    (v, i), (screened, recomputed) = _run(a, b, 5)
+    assert (screened, recomputed) == (40, 40)
+    assert torch.equal(i, torch.argsort(f, descending=True)[:5].expand(40, 5))
+    torch.testing.assert_close(v, _reference.topk_similarity(a, b, 5)[0], rtol=0, atol=0)
+
+
+def test_rescoring_orders_what_the_screen_ties(screen):
+    # Ten columns near 2d that bfloat16 rounds to exactly 2d, far above 490 at
+    # d: the certificate holds and the float32 rescoring orders the ten.
+    d = 128
+    f = torch.randperm(10, generator=torch.Generator().manual_seed(1)).float() * 2.0 ** -12
+    b = torch.ones(500, d)
+    b[100:110] = (2.0 * (1.0 + f)).unsqueeze(1)
+    (v, i), (screened, recomputed) = _run(torch.ones(3, d), b, 5)
+    assert (screened, recomputed) == (3, 0)
+    assert torch.equal(i, (100 + torch.argsort(f, descending=True)[:5]).expand(3, 5))
+    torch.testing.assert_close(v, (2.0 * d * (1.0 + f)).sort(descending=True).values[:5].expand(3, 5))
+
+
+def test_strided_inputs_and_huge_norms(screen):
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(600, 400, generator=g)[:, ::2]
+    b = torch.randn(200, 3000, generator=g).T
+    (v, i), _ = _run(a, b, 7)
+    exact = a.double() @ b.double().T
+    torch.testing.assert_close(exact.gather(1, i), v.double(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(v.double(), exact.topk(7, dim=1).values, rtol=0, atol=1e-4)
+    # Norm products past 1e36 give no useful bound: every row is recomputed.
+    big = torch.randn(50, 200, generator=g) * 1e18
+    (v, i), (screened, recomputed) = _run(big, big * 10, 3)
+    assert recomputed == 50
+    screen("off")
+    rv, ri = ops.topk_similarity(big, big * 10, 3)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+@pytest.mark.parametrize("n,m,d,k", [(7, 5, 7, 10), (300, 1000, 300, 10), (2500, 4500, 7, 100), (3000, 2100, 256, 1)])
+def test_both_directions_equal_two_oracle_calls(screen, n, m, d, k):
+    a, b = integer_features(n, d, seed=n + d), integer_features(m, d, seed=m + k)
+    before = _stats()
+    rv, ri, cv, ci = ops.topk_similarity_both(a, b, k)
+    after = _stats()
+    assert after[0] - before[0] == n + m
+    ref_rv, ref_ri = _reference.topk_similarity(a, b, k)
+    ref_cv, ref_ci = _reference.topk_similarity(b, a, k)
+    torch.testing.assert_close((rv, cv), (ref_rv, ref_cv), rtol=0, atol=0)
+    assert torch.equal(ri, ref_ri) and torch.equal(ci, ref_ci)
+
+
+def test_both_directions_on_unit_rows_and_unresolvable_columns(screen):
+    g = torch.Generator().manual_seed(9)
+    a = F.normalize(torch.randn(3000, 384, generator=g), dim=1)
+    b = F.normalize(torch.randn(2500, 384, generator=g), dim=1)
+    before = _stats()
+    rv, ri, cv, ci = ops.topk_similarity_both(a, b, 10)
+    after = _stats()
+    assert after[0] - before[0] == 5500 and after[1] - before[1] < 20
+    exact = a.double() @ b.double().T
+    torch.testing.assert_close(rv.double(), exact.topk(10, dim=1).values, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cv.double(), exact.T.topk(10, dim=1).values, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exact.gather(1, ri), rv.double(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(exact.T.gather(1, ci), cv.double(), rtol=0, atol=1e-6)
+    # Rows of a that bfloat16 rounds to one vector: column 0's top 3 is
+    # beyond the screen, as is every other one's (all ties at 0).
+    f = torch.randperm(400, generator=g).float() / 400 * 2.0 ** -9
+    a = (1.0 + f).unsqueeze(1).expand(400, 128).contiguous()
+    b = torch.cat([torch.ones(1, 128), torch.zeros(99, 128)])
+    before = _stats()
+    rv, ri, cv, ci = ops.topk_similarity_both(a, b, 3)
+    assert _stats()[1] - before[1] >= 100
+    assert torch.equal(ci[0], torch.argsort(f, descending=True)[:3])
+    ref = _reference.topk_similarity(b, a, 3)
+    assert torch.equal(ci, ref[1]) and torch.equal(cv, ref[0])
+
+
+def test_auto_leaves_small_problems_alone(screen):
+    screen("auto")
+    # d below 128: the GEMM does not dominate, the float32 path runs.
+    _, (screened, _) = _run(torch.randn(100, 64), torch.randn(5000, 64), 10)
+    assert screened == 0
+
+
+def test_bad_mode_is_a_clear_error(screen):
+    screen("fast")
+    with pytest.raises(RuntimeError, match="PSQE_TOPK_SCREEN must be auto, on or off"):
+        ops.topk_similarity(torch.randn(3, 4), torch.randn(5, 4), 2)
