@@ -64,6 +64,7 @@ def _record_screen(benchmark, before, calls: int) -> None:
     after = torch.ops.psqe._topk_screen_stats()
     benchmark.extra_info["screened_rows_per_call"] = (after[0] - before[0]) // calls
     benchmark.extra_info["recomputed_rows_per_call"] = (after[1] - before[1]) // calls
+    benchmark.extra_info["calls_that_gave_up"] = after[2] - before[2]
 
 
 @pytest.mark.parametrize("impl", [OURS, "psqe_float32", "dense", "faiss", "gemm_only"])

@@ -34,6 +34,7 @@ constexpr int kTrans = 112;
 
 std::atomic<int64_t> g_screened{0};
 std::atomic<int64_t> g_recomputed{0};
+std::atomic<int64_t> g_abandoned{0};
 
 enum class Mode { kAuto, kOn, kOff };
 
@@ -213,6 +214,10 @@ struct Screen {
     return 1.01 * (rounding + summation);
   }
 
+  // Set by a caller's `done` once too many rows fail: the remaining tiles
+  // are skipped (no GEMM, no selection); `done` still runs for every block.
+  bool abandoned = false;
+
   // The tile loop over bfloat16 products: a's row block converted once.
   template <typename TileFn, typename DoneFn>
   void tiles(TileFn&& fn, DoneFn&& done) {
@@ -222,15 +227,30 @@ struct Screen {
     for_each_tile(
         n, m, a.options(),
         [&](at::Tensor& tile, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+          if (abandoned) {
+            return;
+          }
           if (r0 != a_row0) {
             a16 = a.narrow(0, r0, rows).to(at::kBFloat16);
             a_row0 = r0;
           }
           gemm_bf16(a16.const_data_ptr<at::BFloat16>(), bp + c0 * d, tile.data_ptr<float>(), rows, cols, d);
         },
-        fn, done);
+        [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
+          if (!abandoned) {
+            fn(tile, r0, c0);
+          }
+        },
+        done);
   }
 };
+
+// More than a quarter of the rows screened so far failed their certificate:
+// the values are packed closer than bfloat16 can separate (e.g. embeddings
+// that a graph layer has averaged together), and the float32 path is faster.
+bool crowded(int64_t screened, int64_t failed) {
+  return failed * 4 > screened;
+}
 
 // Certify and rescore one screened heap of `size` <= kc candidates (indices
 // into the rows `ys` [*, d]) of the item `x` [d]; writes the kk best rescored
@@ -298,67 +318,91 @@ std::vector<int64_t> topk_screened(const at::Tensor& a_in, const at::Tensor& b_i
                                    const bool* excluded, at::Tensor& values, at::Tensor& indices) {
   Screen sc(a_in, b_in);
   if (!sc.bounded) {
-    g_recomputed += sc.n;
+    g_abandoned += 1;
     return all_rows(sc.n);
   }
   RowSelector<float> sel(std::min(sc.n, kRowTile), screen_width(kk, sc.m));
   std::vector<int64_t> failed;
+  int64_t screened = 0, recomputed = 0;
   float* out_v = values.data_ptr<float>();
   int64_t* out_i = indices.data_ptr<int64_t>();
   sc.tiles([&](const at::Tensor& tile, int64_t /*r0*/, int64_t c0) { sel.on_tile(tile, c0, excluded); },
            [&](int64_t r0, int64_t rows) {
+             if (sc.abandoned) {  // the rest of the rows the float32 way
+               for (int64_t r = 0; r < rows; ++r) failed.push_back(r0 + r);
+               return;
+             }
              resolve_block(sel, r0, rows, kk, sc.m, sc, sc.an, sc.bn, sc.a.const_data_ptr<float>(),
                            sc.b.const_data_ptr<float>(), out_v, out_i, failed);
+             screened += rows;
+             recomputed = static_cast<int64_t>(failed.size());
+             sc.abandoned = crowded(screened, recomputed);
            });
-  g_screened += sc.n;
-  g_recomputed += static_cast<int64_t>(failed.size());
+  g_screened += screened;
+  g_recomputed += recomputed;
+  g_abandoned += sc.abandoned;
   return failed;
 }
 
-std::array<std::vector<int64_t>, 2> topk_screened_both(const at::Tensor& a_in, const at::Tensor& b_in, int64_t kr,
-                                                       int64_t kc, at::Tensor& row_values, at::Tensor& row_indices,
-                                                       at::Tensor& col_values, at::Tensor& col_indices) {
+ScreenFailures topk_screened_both(const at::Tensor& a_in, const at::Tensor& b_in, int64_t kr, int64_t kc,
+                                  at::Tensor& row_values, at::Tensor& row_indices, at::Tensor& col_values,
+                                  at::Tensor& col_indices) {
   Screen sc(a_in, b_in);
+  ScreenFailures failed;
   if (!sc.bounded) {
-    g_recomputed += sc.n + sc.m;
-    return {all_rows(sc.n), all_rows(sc.m)};
+    g_abandoned += 1;
+    failed.abandoned = true;
+    return failed;
   }
   RowSelector<float> rows(std::min(sc.n, kRowTile), screen_width(kr, sc.m));
   ColSelector<float> cols(sc.m, screen_width(kc, sc.n));
-  std::array<std::vector<int64_t>, 2> failed;
   const float* a32 = sc.a.const_data_ptr<float>();
   const float* b32 = sc.b.const_data_ptr<float>();
+  int64_t screened = 0;
   sc.tiles(
       [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
         rows.on_tile(tile, c0, nullptr);
         cols.on_tile(tile, r0, c0);
       },
       [&](int64_t r0, int64_t count) {
+        if (sc.abandoned) {
+          return;
+        }
         resolve_block(rows, r0, count, kr, sc.m, sc, sc.an, sc.bn, a32, b32, row_values.data_ptr<float>(),
-                      row_indices.data_ptr<int64_t>(), failed[0]);
+                      row_indices.data_ptr<int64_t>(), failed.rows);
+        screened += count;
+        sc.abandoned = crowded(screened, static_cast<int64_t>(failed.rows.size()));
       });
+  if (sc.abandoned) {  // the caller reruns both directions the float32 way
+    g_screened += screened;
+    g_recomputed += screened;
+    g_abandoned += 1;
+    failed.abandoned = true;
+    return failed;
+  }
   resolve_block(cols, 0, sc.m, kc, sc.n, sc, sc.bn, sc.an, b32, a32, col_values.data_ptr<float>(),
-                col_indices.data_ptr<int64_t>(), failed[1]);
+                col_indices.data_ptr<int64_t>(), failed.cols);
   g_screened += sc.n + sc.m;
-  g_recomputed += static_cast<int64_t>(failed[0].size() + failed[1].size());
+  g_recomputed += static_cast<int64_t>(failed.rows.size() + failed.cols.size());
   return failed;
 }
 
-std::array<int64_t, 2> screen_stats() {
-  return {g_screened.load(), g_recomputed.load()};
+std::array<int64_t, 3> screen_stats() {
+  return {g_screened.load(), g_recomputed.load(), g_abandoned.load()};
 }
 
 namespace {
 
 std::vector<int64_t> screen_stats_op() {
   const auto s = screen_stats();
-  return {s[0], s[1]};
+  return {s[0], s[1], s[2]};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(psqe, m) {
-  // [rows screened in bfloat16, rows of those recomputed in float32] since load (tests, benchmarks).
+  // [rows (and columns) screened in bfloat16, those of them recomputed in float32,
+  //  calls that gave up screening] since load (tests, benchmarks).
   m.def("_topk_screen_stats() -> int[]", &screen_stats_op);
 }
 

@@ -27,7 +27,8 @@
 // columns), a CPU with native bfloat16 products), "on" (screen whenever the
 // MKL symbol exists: used by the tests on small inputs and on any CPU),
 // "off" (never).
-// screen_stats() counts the rows screened and recomputed since start-up.
+// screen_stats() counts the rows screened and recomputed since start-up, and
+// the calls that gave up (more than a quarter of the rows failing).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -45,21 +46,32 @@ namespace cpu {
 bool screen_applies(const at::Tensor& a, const at::Tensor& b, int64_t kk, int64_t kc = 0);
 
 // Fills values / indices [n, kk] for every row it can certify and returns
-// the rows it could not (their output rows are left for the caller to fill
-// with the float32 path).
+// the rows it did not (their output rows are left for the caller to fill
+// with the float32 path). When more than a quarter of the rows screened so
+// far fail, it stops screening: the remaining rows are returned too.
 std::vector<int64_t> topk_screened(const at::Tensor& a, const at::Tensor& b,
                                    int64_t kk, const bool* excluded,
                                    at::Tensor& values, at::Tensor& indices);
 
-// Both directions (topk_similarity_both): rows [n, kr] and columns [m, kc];
-// returns the uncertified rows and columns, left for the caller.
-std::array<std::vector<int64_t>, 2> topk_screened_both(
-    const at::Tensor& a, const at::Tensor& b, int64_t kr, int64_t kc,
-    at::Tensor& row_values, at::Tensor& row_indices, at::Tensor& col_values,
-    at::Tensor& col_indices);
+// What topk_screened_both left for the float32 path: the uncertified rows
+// and columns, or everything (`abandoned`: too many rows failed, or no
+// useful error bound; then nothing of its output is usable).
+struct ScreenFailures {
+  bool abandoned = false;
+  std::vector<int64_t> rows, cols;
+};
 
-// {rows screened, rows recomputed in float32} since the library was loaded.
-std::array<int64_t, 2> screen_stats();
+// Both directions (topk_similarity_both): rows [n, kr] and columns [m, kc].
+ScreenFailures topk_screened_both(const at::Tensor& a, const at::Tensor& b,
+                                  int64_t kr, int64_t kc,
+                                  at::Tensor& row_values,
+                                  at::Tensor& row_indices,
+                                  at::Tensor& col_values,
+                                  at::Tensor& col_indices);
+
+// {rows screened, rows of those recomputed in float32, calls that gave up}
+// since the library was loaded (columns count as rows).
+std::array<int64_t, 3> screen_stats();
 
 }  // namespace cpu
 }  // namespace psqe

@@ -93,11 +93,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_similarity_both_
     return {row_values, row_indices, col_values, col_indices};
   }
   if (cpu::screen_applies(a, b, kr, kc)) {
-    // A column of the similarity is a row of b @ a^T.
-    const auto failed = cpu::topk_screened_both(a, b, kr, kc, row_values, row_indices, col_values, col_indices);
-    recompute_rows(failed[0], a, b, kr, nullptr, row_values, row_indices);
-    recompute_rows(failed[1], b, a, kc, nullptr, col_values, col_indices);
-    return {row_values, row_indices, col_values, col_indices};
+    const cpu::ScreenFailures failed =
+        cpu::topk_screened_both(a, b, kr, kc, row_values, row_indices, col_values, col_indices);
+    if (!failed.abandoned) {
+      // A column of the similarity is a row of b @ a^T.
+      recompute_rows(failed.rows, a, b, kr, nullptr, row_values, row_indices);
+      recompute_rows(failed.cols, b, a, kc, nullptr, col_values, col_indices);
+      return {row_values, row_indices, col_values, col_indices};
+    }
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "topk_similarity_both_cpu", [&] {
     RowSelector<scalar_t> rows(std::min(n, cpu::kRowTile), kr);
