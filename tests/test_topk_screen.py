@@ -163,6 +163,22 @@ def test_both_directions_on_unit_rows_and_unresolvable_columns(screen):
     assert torch.equal(ci, ref[1]) and torch.equal(cv, ref[0])
 
 
+def test_bfloat16_inputs_match_float64_truth():
+    # bfloat16 inputs multiply exactly in float32 (on a CPU with native
+    # bfloat16 products through the bfloat16 GEMM, elsewhere after conversion).
+    g = torch.Generator().manual_seed(11)
+    a = F.normalize(torch.randn(2500, 384, generator=g), dim=1).bfloat16()
+    b = F.normalize(torch.randn(4500, 384, generator=g), dim=1).bfloat16()
+    v, i = ops.topk_similarity(a, b, 10)
+    assert v.dtype == torch.float32
+    exact = a.double() @ b.double().T
+    torch.testing.assert_close(v.double(), exact.topk(10, dim=1).values, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exact.gather(1, i), v.double(), rtol=0, atol=1e-6)
+    rv, ri, cv, ci = ops.topk_similarity_both(a, b, 10)
+    assert torch.equal(rv, v) and torch.equal(ri, i)
+    torch.testing.assert_close(cv.double(), exact.T.topk(10, dim=1).values, rtol=0, atol=1e-6)
+
+
 def test_auto_leaves_small_problems_alone(screen):
     screen("auto")
     # d below 128: the GEMM does not dominate, the float32 path runs.

@@ -4,14 +4,18 @@
 // `row_tile`, columns (rows of B) in blocks of `col_tile`; each block pair is
 // one GEMM (at::mm, called outside any parallel region so BLAS uses its own
 // threads) into a reused buffer, handed to a callback that is free to use
-// at::parallel_for over the tile's rows. Half / bfloat16 inputs are converted
-// one block at a time, so the extra memory stays one tile plus two blocks.
+// at::parallel_for over the tile's rows. Half inputs (and bfloat16 ones
+// where the CPU has no native bfloat16 products) are converted one block at a
+// time, so the extra memory stays one tile plus two blocks.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
+
+#include "topk_screen.h"
 
 namespace psqe {
 namespace cpu {
@@ -55,12 +59,33 @@ void for_each_tile(int64_t n, int64_t m, const at::TensorOptions& options,
 // Calls fn(tile, row0, col0) for every tile; `tile` is a contiguous
 // [rows, cols] tensor of `acc` dtype holding A[row0:row0+rows] @
 // B[col0:col0+cols]^T (at::mm in `acc`).
+// bfloat16 inputs on a CPU with native bfloat16 products go through the
+// bfloat16 x bfloat16 -> float32 GEMM (topk_screen.h): the products are exact
+// in float32 either way, so this is the float32 computation without the
+// conversion, about 2.5-4x faster.
 template <typename TileFn, typename DoneFn>
 void for_each_similarity_tile(const at::Tensor& a, const at::Tensor& b,
                               at::ScalarType acc, TileFn&& fn,
                               DoneFn&& fn_done) {
   at::Tensor a_blk;
   int64_t a_row0 = -1;
+  const int64_t d = a.size(1);
+  if (a.scalar_type() == at::kBFloat16 && acc == at::kFloat && d > 0 &&
+      std::max({a.size(0), b.size(0), d}) <= INT_MAX && bf16_gemm_fast()) {
+    for_each_tile(
+        a.size(0), b.size(0), a.options().dtype(acc),
+        [&](at::Tensor& tile, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+          if (r0 != a_row0) {
+            a_blk = a.narrow(0, r0, rows).contiguous();
+            a_row0 = r0;
+          }
+          const at::Tensor b_blk = b.narrow(0, c0, cols).contiguous();
+          gemm_bf16(a_blk.const_data_ptr<at::BFloat16>(), b_blk.const_data_ptr<at::BFloat16>(),
+                    tile.data_ptr<float>(), rows, cols, d);
+        },
+        fn, fn_done);
+    return;
+  }
   for_each_tile(
       a.size(0), b.size(0), a.options().dtype(acc),
       [&](at::Tensor& tile, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {

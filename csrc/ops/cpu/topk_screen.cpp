@@ -53,50 +53,6 @@ Mode mode() {
   TORCH_CHECK(false, "environment variable PSQE_TOPK_SCREEN must be auto, on or off (or 1 / 0), got '", v, "'");
 }
 
-// C = A @ B^T for row-major bfloat16 A [rows, d], B [cols, d] into float C [rows, cols].
-void gemm_bf16(const at::BFloat16* a, const at::BFloat16* b, float* c, int64_t rows, int64_t cols, int64_t d) {
-  cblas_gemm_bf16bf16f32(kRowMajor, kNoTrans, kTrans, static_cast<int>(rows), static_cast<int>(cols),
-                         static_cast<int>(d), 1.0f, reinterpret_cast<const uint16_t*>(a), static_cast<int>(d),
-                         reinterpret_cast<const uint16_t*>(b), static_cast<int>(d), 0.0f, c,
-                         static_cast<int>(cols));
-}
-
-// The symbol exists and computes a small product exactly (sizes passed as the
-// declared 32-bit ints, the products exact in float32): checked once.
-bool gemm_works() {
-  static const bool ok = [] {
-    if (cblas_gemm_bf16bf16f32 == nullptr) {
-      return false;
-    }
-    constexpr int64_t r = 3, c = 2, d = 5;
-    at::BFloat16 a[r * d], b[c * d];
-    for (int64_t t = 0; t < r * d; ++t) a[t] = static_cast<float>(t % 7) - 3.0f;
-    for (int64_t t = 0; t < c * d; ++t) b[t] = 0.5f * static_cast<float>(t % 5) - 1.0f;
-    float out[r * c];
-    gemm_bf16(a, b, out, r, c, d);
-    for (int64_t i = 0; i < r; ++i) {
-      for (int64_t j = 0; j < c; ++j) {
-        float want = 0.0f;
-        for (int64_t t = 0; t < d; ++t) want += static_cast<float>(a[i * d + t]) * static_cast<float>(b[j * d + t]);
-        if (out[i * c + j] != want) {
-          return false;
-        }
-      }
-    }
-    return true;
-  }();
-  return ok;
-}
-
-bool native_bf16() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool v = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-  return v;
-#else
-  return false;
-#endif
-}
-
 // Screened candidates kept per row: kk + max(kk, 32). On unit rows drawn at
 // random (the hardest case: no structure, values packed near the top) at
 // 15k x 15k x 1024, k = 10, 13 of 15000 rows then fail the certificate; with
@@ -164,6 +120,58 @@ float dot(const float* x, const float* y, int64_t d) {
 }
 
 }  // namespace
+
+// C = A @ B^T for row-major bfloat16 A [rows, d], B [cols, d] into float C [rows, cols].
+void gemm_bf16(const at::BFloat16* a, const at::BFloat16* b, float* c, int64_t rows, int64_t cols, int64_t d) {
+  cblas_gemm_bf16bf16f32(kRowMajor, kNoTrans, kTrans, static_cast<int>(rows), static_cast<int>(cols),
+                         static_cast<int>(d), 1.0f, reinterpret_cast<const uint16_t*>(a), static_cast<int>(d),
+                         reinterpret_cast<const uint16_t*>(b), static_cast<int>(d), 0.0f, c,
+                         static_cast<int>(cols));
+}
+
+namespace {
+
+// The symbol exists and computes a small product exactly (sizes passed as the
+// declared 32-bit ints, the products exact in float32): checked once.
+bool gemm_works() {
+  static const bool ok = [] {
+    if (cblas_gemm_bf16bf16f32 == nullptr) {
+      return false;
+    }
+    constexpr int64_t r = 3, c = 2, d = 5;
+    at::BFloat16 a[r * d], b[c * d];
+    for (int64_t t = 0; t < r * d; ++t) a[t] = static_cast<float>(t % 7) - 3.0f;
+    for (int64_t t = 0; t < c * d; ++t) b[t] = 0.5f * static_cast<float>(t % 5) - 1.0f;
+    float out[r * c];
+    gemm_bf16(a, b, out, r, c, d);
+    for (int64_t i = 0; i < r; ++i) {
+      for (int64_t j = 0; j < c; ++j) {
+        float want = 0.0f;
+        for (int64_t t = 0; t < d; ++t) want += static_cast<float>(a[i * d + t]) * static_cast<float>(b[j * d + t]);
+        if (out[i * c + j] != want) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }();
+  return ok;
+}
+
+bool native_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool v = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return v;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool bf16_gemm_fast() {
+  return gemm_works() && native_bf16();
+}
 
 bool screen_applies(const at::Tensor& a, const at::Tensor& b, int64_t kk, int64_t kc) {
   if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) {
