@@ -204,8 +204,9 @@ struct Screen {
       : a(a_in.contiguous()), b(b_in.contiguous()), an(row_norms(a)), bn(row_norms(b)),
         n(a.size(0)), m(b.size(0)), d(a.size(1)) {
     const double g = static_cast<double>(d) * std::ldexp(1.0, -24);
-    // Without a useful bound (huge norms, d near 2^23) every row goes the float32 way.
-    bounded = g < 0.5 && an.max_full * bn.max_full < 1e36;
+    // Without a useful bound (huge norms, d near 2^23) or with entries that
+    // could round up to bfloat16's inf, every row goes the float32 way.
+    bounded = g < 0.5 && an.max_full * bn.max_full < 1e36 && an.max_full < 1e37 && bn.max_full < 1e37;
     gamma = g / (1.0 - g);
     if (bounded) {
       b16 = b.to(at::kBFloat16);
@@ -216,10 +217,13 @@ struct Screen {
   // x.y - x'.y' = x'.dy + dx.y' + dx.dy (Cauchy-Schwarz on each), plus float32
   // summation of the screened products and of the rescored dot; 1% over for
   // the norms' own rounding.
+  // The last term covers the GEMM's bfloat16 instructions flushing subnormal
+  // operands and products (below 2^-126) to zero.
   double bound(const RowNorms& x, int64_t i, const RowNorms& y) const {
     const double rounding = x.rounded[i] * y.max_error + x.error[i] * y.max_rounded + x.error[i] * y.max_error;
     const double summation = gamma * (x.rounded[i] * y.max_rounded + x.full[i] * y.max_full);
-    return 1.01 * (rounding + summation);
+    const double flushed = static_cast<double>(d) * std::ldexp(1.0, -126) * (x.full[i] + y.max_full + 1.0);
+    return 1.01 * (rounding + summation + flushed);
   }
 
   // Set by a caller's `done` once too many rows fail: the remaining tiles

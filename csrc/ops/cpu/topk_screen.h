@@ -11,7 +11,9 @@
 //    float32), a.b - a'.b' = a'.db + da.b' + da.db; Cauchy-Schwarz on each
 //    term, with the row's own norms and the largest ones of the other side,
 //    plus float32 summation error (gamma_d = d 2^-24 / (1 - d 2^-24)) of the
-//    screened sum and of the rescored dot, gives eps_i: every screened value
+//    screened sum and of the rescored dot (and d 2^-126 (|a_i| + max |b| + 1)
+//    for subnormal numbers the bfloat16 instructions flush to zero),
+//    gives eps_i: every screened value
 //    and every float32 evaluation of row i is within eps_i of the real
 //    product. For unit rows eps is about 2^-8 (the worst case 2u |a||b| would
 //    be about twice that). Let v be the kk-th best screened value of the row
