@@ -107,6 +107,26 @@ def test_rescoring_orders_what_the_screen_ties(screen):
     torch.testing.assert_close(v, (2.0 * d * (1.0 + f)).sort(descending=True).values[:5].expand(3, 5))
 
 
+def test_bound_covers_rounding_that_reverses_the_order(screen):
+    # d = 256, a = ones. Columns P_j: every entry 1 + 2^-8 (1 - e_j), which
+    # bfloat16 rounds down to 1: true 257 - e_j, screened 256. Columns Q:
+    # half the entries 1 + 2^-8 (1 + 1e-3) (rounded up to 1 + 2^-7), half 1:
+    # true about 256.5, screened 257. The screen ranks every Q above every P,
+    # the truth every P above every Q; only a bound of at least 0.5 keeps
+    # the P columns among the rescored ones (ours is about 1.0 here).
+    d, u = 256, 2.0 ** -8
+    e = (torch.arange(20, dtype=torch.float64) + 1) * 1e-3
+    p_cols = (1 + u * (1 - e)).float().unsqueeze(1).expand(20, d)
+    q_cols = torch.ones(10, d)
+    q_cols[:, ::2] = 1 + u * (1 + 1e-3)
+    b = torch.cat([q_cols, p_cols, torch.full((500, d), 0.5)])
+    assert torch.equal(b[10:30].bfloat16().float(), torch.ones(20, d))  # the premise: P rounds to 1
+    (v, i), counts = _run(torch.ones(4, d), b, 5)
+    assert counts == (4, 0, 0)  # certified: the filler at 128 is far below
+    assert torch.equal(i, torch.arange(10, 15).expand(4, 5))  # P_1..P_5, smallest e first
+    torch.testing.assert_close(v.double(), (257 - e[:5]).expand(4, 5), rtol=0, atol=1e-4)
+
+
 def test_strided_inputs_and_huge_norms(screen):
     g = torch.Generator().manual_seed(5)
     a = torch.randn(600, 400, generator=g)[:, ::2]
