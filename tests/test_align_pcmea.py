@@ -130,9 +130,12 @@ def test_build_aligner_scales_the_schedule_with_epochs(align_setup):
 
     data, _ = align_setup
     model, cfg = build_aligner("pcmea", data, epochs=100)
-    # 1000 epochs with momentum, pseudo-labels and the lr drop from 500: all move to 50.
-    assert (cfg.epochs, cfg.lr_drop_epoch, cfg.il_start) == (100, 50, 50)
-    assert (model.config.momentum_start, model.config.pseudo_start, model.config.momentum_every) == (50, None, 20)
+    # 1000 epochs with momentum, pseudo-labels and the lr drop from 500: all move
+    # to 50; momentum every 20 -> 2, pseudo-label checks every 5 -> 1 (at least
+    # 1), 10 checks per cycle as before.
+    assert (cfg.epochs, cfg.lr_drop_epoch, cfg.il_start, cfg.il_every) == (100, 50, 50, 1)
+    c = model.config
+    assert (c.momentum_start, c.pseudo_start, c.momentum_every, c.pseudo_every, c.pseudo_persist) == (50, None, 2, 1, 10)
     model, cfg = build_aligner("pcmea", data, epochs=100, momentum_start=7)  # an explicit value wins
     assert model.config.momentum_start == 7
     model, cfg = build_aligner("pcmea", data)

@@ -50,11 +50,12 @@ def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: in
     ``surface`` is the "w/ surface" switch (the config's ``use_surface``),
     ``seed`` the model's initialisation seed, ``config`` other fields of the
     model's config dataclass. ``epochs`` (None: the model's own) shortens or
-    lengthens the run *with its schedule*: epoch-numbered points keep their
-    fraction of the run (:meth:`TrainConfig.with_epochs`; PCMEA's momentum and
-    pseudo-label start, unless given in ``config``), so that a shortened
-    PCMEA still reaches its second half. Raises ``ValueError`` listing the
-    known names for an unknown one.
+    lengthens the run *with its schedule*: epoch-numbered points and epoch
+    intervals keep their fraction of the run (:meth:`TrainConfig.with_epochs`;
+    PCMEA's momentum and pseudo-label start and their intervals, unless given
+    in ``config``), so that a shortened PCMEA still runs its pseudo-label
+    cycles in its second half. Raises ``ValueError`` listing the known names
+    for an unknown one.
 
     >>> build_aligner("nope", None)
     Traceback (most recent call last):
@@ -69,8 +70,9 @@ def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: in
     if epochs is not None and epochs != train.epochs:
         if epochs < 0:
             raise ValueError(f"build_aligner: epochs must be >= 0, got {epochs}")
-        fields = [f for f in getattr(config_cls, "SCHEDULE_FIELDS", ()) if f not in config]
-        config.update(_rescaled(config_cls(), fields, epochs / max(train.epochs, 1)))
+        points, intervals = ([f for f in getattr(config_cls, name, ()) if f not in config]
+                             for name in ("SCHEDULE_POINTS", "SCHEDULE_INTERVALS"))
+        config.update(_rescaled(config_cls(), tuple(points), tuple(intervals), epochs / max(train.epochs, 1)))
         train = train.with_epochs(epochs)
     return cls(data, config_cls(use_surface=surface, **config), seed=seed), train
 

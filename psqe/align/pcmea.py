@@ -98,8 +98,10 @@ class PCMEAConfig(MCLEAConfig):
     pseudo_persist: int = 10
     pseudo_source: str = "momentum"
 
-    #: Epoch-numbered fields that :func:`~psqe.align.build_aligner` rescales with the run's length.
-    SCHEDULE_FIELDS = ("momentum_start", "pseudo_start")
+    #: Epoch numbers and epoch intervals that :func:`~psqe.align.build_aligner`
+    #: rescales with the run's length (``pseudo_persist`` counts checks: it stays).
+    SCHEDULE_POINTS = ("momentum_start", "pseudo_start")
+    SCHEDULE_INTERVALS = ("momentum_every", "pseudo_every")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -95,19 +95,25 @@ class TrainConfig:
 
     def with_epochs(self, epochs: int) -> "TrainConfig":
         """This schedule stretched or shrunk to ``epochs``: the epoch-numbered
-        points (``il_start``, ``lr_drop_epoch``) keep their fraction of the run,
-        rounded; the intervals (``il_every``, ...) stay as they are. The cosine
-        schedule and its warm-up are fractions already.
+        points (``il_start``, ``lr_drop_epoch``) and the interval ``il_every``
+        keep their fraction of the run, rounded (an interval at least 1); the
+        persistence count ``il_persist`` stays. The cosine schedule and its
+        warm-up are fractions already.
 
-        >>> TrainConfig(epochs=1000, il_start=500, lr_drop_epoch=500).with_epochs(100).lr_drop_epoch
-        50
+        >>> cfg = TrainConfig(epochs=1000, il_start=500, il_every=5, lr_drop_epoch=500).with_epochs(100)
+        >>> cfg.lr_drop_epoch, cfg.il_start, cfg.il_every
+        (50, 50, 1)
         """
-        return replace(self, epochs=epochs, **_rescaled(self, ("il_start", "lr_drop_epoch"), epochs / max(self.epochs, 1)))
+        return replace(self, epochs=epochs,
+                       **_rescaled(self, ("il_start", "lr_drop_epoch"), ("il_every",), epochs / max(self.epochs, 1)))
 
 
-def _rescaled(config, names: tuple[str, ...], factor: float) -> dict:
-    """``{name: round(value * factor)}`` for the named epoch fields of ``config`` that are set."""
-    return {n: round(getattr(config, n) * factor) for n in names if getattr(config, n) is not None}
+def _rescaled(config, points: tuple[str, ...], intervals: tuple[str, ...], factor: float) -> dict:
+    """The named epoch fields of ``config`` that are set, times ``factor`` and
+    rounded: ``points`` (epoch numbers) as they come, ``intervals`` at least 1."""
+    out = {n: round(getattr(config, n) * factor) for n in points if getattr(config, n) is not None}
+    out.update({n: max(1, round(getattr(config, n) * factor)) for n in intervals if getattr(config, n) is not None})
+    return out
 
 
 @dataclass
