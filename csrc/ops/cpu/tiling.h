@@ -15,7 +15,7 @@
 #include <climits>
 #include <cstdint>
 
-#include "topk_screen.h"
+#include "bf16_gemm.h"
 
 namespace psqe {
 namespace cpu {
@@ -60,7 +60,7 @@ void for_each_tile(int64_t n, int64_t m, const at::TensorOptions& options,
 // [rows, cols] tensor of `acc` dtype holding A[row0:row0+rows] @
 // B[col0:col0+cols]^T (at::mm in `acc`).
 // bfloat16 inputs on a CPU with native bfloat16 products go through the
-// bfloat16 x bfloat16 -> float32 GEMM (topk_screen.h): the products are exact
+// bfloat16 x bfloat16 -> float32 GEMM (bf16_gemm.h): the products are exact
 // in float32 either way, so this is the float32 computation without the
 // conversion, about 2.5-4x faster.
 template <typename TileFn, typename DoneFn>

@@ -42,16 +42,6 @@
 namespace psqe {
 namespace cpu {
 
-// C = A @ B^T for row-major bfloat16 A [rows, d], B [cols, d] into float
-// C [rows, cols] (products exact, float32 sums); only after bf16_gemm_fast()
-// or screen_applies() said true.
-void gemm_bf16(const at::BFloat16* a, const at::BFloat16* b, float* c,
-               int64_t rows, int64_t cols, int64_t d);
-
-// The bfloat16 GEMM exists and the CPU multiplies bfloat16 natively: then
-// bfloat16 inputs skip their conversion to float32 (tiling.h).
-bool bf16_gemm_fast();
-
 // True when topk_screened should serve this call (float32 a and b, the
 // mode above, and the bfloat16 GEMM present); kc: the columns' k of
 // topk_screened_both (0 for rows only).
