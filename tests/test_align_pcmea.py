@@ -100,19 +100,19 @@ def test_momentum_encoder_and_momentum_contrast(align_setup, trained):
 
 
 def test_pseudo_links_join_the_batches(align_setup):
+    """fit batches the pseudo-links with the training pairs at batch_size: more pairs, more batches."""
     data, split = align_setup
-    model = PCMEA(data, PCMEAConfig(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4))
-    out = model(data)
+    model = PCMEA(data, PCMEAConfig(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4, momentum_start=50))
     model.pseudo_links = data.links[-20:].clone()
-    model._calls_last = 3
-    batches = split.train[:90].split(30)
-    with_links = [model.loss(out, b) for b in batches]
-    assert sum(c.shape[0] for c in model._chunks) == 20 and len(model._chunks) == 3
-    model.on_epoch_end(0, data)
-    model.pseudo_links = model.pseudo_links[:0]
-    without = [model.loss(out, b) for b in batches]
-    assert all(not torch.allclose(a, b) for a, b in zip(with_links, without))
-    assert bool(model.used[split.train[:90].flatten()].all())
+    seen = []
+    loss = model.loss
+    model.loss = lambda out, pairs: seen.append(pairs.clone()) or loss(out, pairs)
+    fit(model, data, split.train[:90], pcmea_train_config(epochs=1, batch_size=30), progress=False)
+    assert sorted(b.shape[0] for b in seen) == [20, 30, 30, 30]
+    got = torch.cat(seen)
+    expected = torch.cat([split.train[:90], data.links[-20:]])
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert bool(model.used[expected.flatten()].all())
 
 
 def test_train_config_and_bad_config():

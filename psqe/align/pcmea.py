@@ -28,8 +28,10 @@ pseudo-label calibration, after the authors' code (``src/run_PCMEA.py``,
   ``(l, r)`` is *accepted* only if ``l`` was proposed with the same ``r`` at an
   earlier cycle end (the authors' ``dyn_link`` memory: the first proposal of
   ``l`` is only recorded, a changed partner overwrites it). Accepted
-  pseudo-links are mixed into every batch of the following epochs (spread
-  evenly over the epoch's batches) and take part in every loss term.
+  pseudo-links join the training pairs of the following epochs
+  (:meth:`PCMEA.extra_train_pairs`: shuffled and batched with them at
+  ``batch_size``, as the authors add them to their training list) and take
+  part in every loss term.
 - **Learning rate divided by 5** from the pseudo-labelling start
   (:func:`pcmea_train_config`: ``lr_drop_epoch=500, lr_drop_factor=0.2``;
   set ``lr_drop_epoch`` to ``pseudo_start`` when changing that). Fit's own
@@ -146,8 +148,6 @@ class PCMEA(MCLEA):
         self.momentum_active = False
         self.pseudo_history: list[tuple[int, int]] = []
         self._tracker: MutualNeighbours | None = None
-        self._generator = torch.Generator().manual_seed(seed)
-        self._calls, self._calls_last, self._chunks = 0, 1, ()
 
     def exclude(self, pairs: Tensor) -> None:
         """Never propose the entities of ``pairs`` (pair index, any shape), e.g. validation pairs."""
@@ -159,15 +159,12 @@ class PCMEA(MCLEA):
         target = self.momentum_joint[pairs[:, 1]]
         return contrastive_loss(out["joint"][pairs[:, 0]], target, tau=self.config.ucl_tau, combine="log")
 
+    def extra_train_pairs(self) -> Tensor:
+        """The accepted pseudo-links, which :func:`~psqe.align.fit` batches with the training pairs."""
+        return self.pseudo_links
+
     def loss(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
         self.used[pairs.flatten()] = True
-        self._calls += 1
-        if self._calls == 1 and self.pseudo_links.shape[0]:
-            order = torch.randperm(self.pseudo_links.shape[0], generator=self._generator).to(pairs.device)
-            size = -(-self.pseudo_links.shape[0] // self._calls_last)
-            self._chunks = self.pseudo_links[order].split(size)
-        if self._calls <= len(self._chunks):
-            pairs = torch.cat([pairs, self._chunks[self._calls - 1]])
         return super().loss(out, pairs)
 
     @torch.no_grad()
@@ -186,7 +183,6 @@ class PCMEA(MCLEA):
     def on_epoch_end(self, epoch: int, data: AlignData) -> None:
         """Momentum updates and pseudo-label checks after ``epoch``'s step (called by :func:`~psqe.align.fit`)."""
         cfg: PCMEAConfig = self.config
-        self._calls_last, self._calls, self._chunks = max(self._calls, 1), 0, ()
         done = epoch + 1
         since = done - cfg.momentum_start
         if since == 0 or (since > 0 and since % cfg.momentum_every == 0):

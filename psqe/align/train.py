@@ -3,7 +3,10 @@
 **Model protocol**: an ``nn.Module`` with ``forward(data) -> dict[str, Tensor]``
 (``[N, d_m]`` embeddings of all entities per modality plus ``"joint"``, the
 one evaluated), ``loss(outputs, pairs) -> Tensor`` (``pairs``: a batch of
-int64 ``[B, 2]`` pair-index training pairs), optionally ``on_epoch_end(epoch, data)``.
+int64 ``[B, 2]`` pair-index training pairs), optionally ``on_epoch_end(epoch, data)``
+and ``extra_train_pairs() -> Tensor`` (pairs the model adds itself, e.g.
+PCMEA's pseudo-links: shuffled and batched with the training pairs each epoch,
+so that more pairs make more batches of ``batch_size``, not bigger ones).
 
 **An epoch** shuffles the training pairs (generator seeded by ``seed``) into
 batches. ``step_per_batch=False`` (EVA, MCLEA): one forward pass, batch losses
@@ -221,8 +224,10 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"training {type(model).__name__}", disable=not show, leave=False)
     model.train()
+    extra = getattr(model, "extra_train_pairs", None)
     for epoch in bar:
-        batches = train[torch.randperm(train.shape[0], generator=generator).to(dev)].split(cfg.batch_size)
+        pool = train if extra is None else torch.cat([train, extra().to(dev)])
+        batches = pool[torch.randperm(pool.shape[0], generator=generator).to(dev)].split(cfg.batch_size)
         groups = [[b] for b in batches] if cfg.step_per_batch else [list(batches)]
         total = 0.0
         for g, group in enumerate(groups):
@@ -232,10 +237,10 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
         if not math.isfinite(total):
             raise FloatingPointError(f"fit: the loss became {total} at epoch {epoch}")
         result.losses.append(total)
-        bar.set_postfix(loss=f"{total:.4f}", pairs=train.shape[0], refresh=False)
+        bar.set_postfix(loss=f"{total:.4f}", pairs=pool.shape[0], refresh=False)
         if cfg.log_every and ((epoch + 1) % cfg.log_every == 0 or epoch == 0):
             log.info("%s epoch %d/%d: loss %.5f, %d training pairs", type(model).__name__, epoch + 1, cfg.epochs,
-                     total, train.shape[0])
+                     total, pool.shape[0])
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch, data)
         if tracker is not None and epoch >= cfg.il_start and (epoch + 1) % cfg.il_every == 0:
