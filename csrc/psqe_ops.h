@@ -56,6 +56,40 @@
 //   both_directions also the maximum of column k. Modality weights are
 //   applied by the caller by scaling the features (see psqe.ops.mic_keep).
 //   Tiled like topk_similarity: no s x s matrix.
+//
+// gat_aggregate(Tensor crow, Tensor col, Tensor alpha, Tensor x, Tensor scale)
+//     -> Tensor out
+//   One diag-weight graph-attention aggregation (psqe/seeds/stage2_model.py)
+//   over a CSR graph: crow int64 [nd + 1], col int64 [E] (sources in
+//   [0, ns)), alpha [E, H] per-edge per-head coefficients, x [ns, d],
+//   scale [H, d]; float32 or float64, one dtype. For destination i:
+//     out[i] = sum_k scale[k] * sum_{e in row i} alpha[e, k] x[col[e]]
+//   out [nd, d].
+//
+// gat_aggregate_backward(crow, col, alpha, x, scale, Tensor out,
+//                        Tensor grad_out, bool elu, float flush)
+//     -> (Tensor g, Tensor grad_alpha, Tensor grad_scale)
+//   With elu, the layer's output is y = ELU(out) (alpha 1), `out` holds y
+//   and grad_out is the gradient of y; without, `out` is not read.
+//   g = h(grad_out * act') [nd, d], the gradient of the aggregation, where
+//   act' = 1 for y > 0 and y + 1 (= e^z) otherwise (as torch's in-place ELU
+//   takes it from its output; 1 without elu), and h zeroes entries of
+//   magnitude <= flush (hardshrink; NaN stays NaN).
+//   grad_alpha[e, k] = <g[i] * scale[k], x[col[e]]> for e in row i;
+//   grad_scale[k] = sum_i g[i] * sum_{e in row i} alpha[e, k] x[col[e]].
+//   grad_scale is summed over a fixed row partition: the result does not
+//   depend on the thread count.
+//
+// gat_aggregate_backward_input(Tensor src_ptr, Tensor dst, Tensor edge,
+//     Tensor alpha, Tensor scale, Tensor g, Tensor? low_grad=None,
+//     Tensor? low_weight=None, float flush=0.0) -> Tensor grad_x
+//   The same graph by source (CSC): src_ptr [ns + 1]; dst [E] and edge [E]
+//   the destination and the CSR position of each edge, sorted by source.
+//   grad_x[j] = h(sum_{e: col[e] = j} g[dst(e)] * sum_k alpha[e, k] scale[k]
+//                 + low_grad[j] @ low_weight)
+//   with h as above; low_grad [ns, r] and low_weight [r, d] add a low-rank
+//   term (the attention scores' own gradient). grad_x [ns, d]. CPU kernels
+//   only: on CUDA psqe runs these three through torch sparse ops.
 // ---------------------------------------------------------------------------
 #pragma once
 
@@ -84,6 +118,15 @@ std::pair<int64_t, int64_t> check_greedy_match_args(
     const std::optional<at::Tensor>& used_cols);
 
 void check_mic_keep_args(const at::Tensor& left, const at::Tensor& right);
+
+void check_gat_aggregate_args(const at::Tensor& crow, const at::Tensor& col,
+                              const at::Tensor& alpha, const at::Tensor& x,
+                              const at::Tensor& scale, const char* op);
+void check_gat_aggregate_backward_input_args(const at::Tensor& src_ptr, const at::Tensor& dst,
+                                             const at::Tensor& edge, const at::Tensor& alpha,
+                                             const at::Tensor& scale, const at::Tensor& g,
+                                             const std::optional<at::Tensor>& low_grad,
+                                             const std::optional<at::Tensor>& low_weight);
 
 // Raises when `t` holds NaN or +-inf, naming `what` and the first bad index.
 void check_all_finite(const at::Tensor& t, const char* what);

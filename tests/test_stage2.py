@@ -278,12 +278,24 @@ def test_config_defaults_are_the_scripts():
 
 # --- the fused (sparse-matrix) attention path and the hand-written backward passes ---------------
 
+from psqe import ops  # noqa: E402
+from psqe.seeds import attention_layer  # noqa: E402
 from psqe.seeds.attention import GRAD_FLUSH, Adjacency, _AttentionAggregate  # noqa: E402
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def layer_kernel(request, monkeypatch):
+    """Run an Adjacency layer through the compiled CPU kernels (attention_layer.py)
+    or through torch sparse ops (_AttentionAggregate, the CUDA path)."""
+    if request.param == "compiled" and ops.backend() != "compiled":
+        pytest.skip("the compiled core is not loaded")
+    monkeypatch.setattr(attention_layer, "KERNEL", "auto" if request.param == "compiled" else "off")
+    return request.param
 
 
 @pytest.mark.parametrize("negative_scores", [False, True])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_fused_path_equals_edge_list_path(negative_scores, symmetric):
+def test_fused_path_equals_edge_list_path(negative_scores, symmetric, layer_kernel):
     """Same outputs, attention and gradients (float64) through PyTorch Geometric's
     fused message_and_aggregate (Adjacency) as through its edge-list messages."""
     torch.manual_seed(0)
@@ -308,7 +320,7 @@ def test_fused_path_equals_edge_list_path(negative_scores, symmetric):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
 
 
-def test_fused_path_on_a_receptive_field():
+def test_fused_path_on_a_receptive_field(layer_kernel):
     torch.manual_seed(0)
     gat = DiagGAT(6, num_layers=2, heads=2)
     edges = random_graph(60, 70, seed=3, symmetric=False)
@@ -353,7 +365,7 @@ def test_attention_aggregate_backward_flushes_tiny_gradients():
         assert torch.equal(t.grad, t0.grad)
 
 
-def test_fit_fused_equals_edge_list_fit():
+def test_fit_fused_equals_edge_list_fit(layer_kernel):
     """The whole training loop: same losses and parameters with both paths (float32)."""
     features, edges, seeds, _ = synthetic_problem(120, seed=8, n_seeds=16, degree=2)
     features["attribute"] = torch.randn(240, 6)

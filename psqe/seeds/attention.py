@@ -58,6 +58,7 @@ class Adjacency:
     crow: Tensor
     col: Tensor
     _by_heads: dict = field(default_factory=dict, repr=False)
+    _by_source: list = field(default_factory=list, repr=False)
 
     @staticmethod
     def build(edge_index: Tensor, num_src: int, num_dst: int) -> "Adjacency":
@@ -100,6 +101,17 @@ class Adjacency:
                 "crow_t": _indptr(cols[order_t], self.num_src), "col_t": rows[order_t], "pos_t": pos[order_t],
             }
         return self._by_heads[heads]
+
+
+    def by_source(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The graph by source (CSC), built on first use: ``(src_ptr [num_src + 1],
+        dst [E], edge [E])``, each edge's destination and position in
+        ``edge_index`` order, edges sorted by source (then destination)."""
+        if not self._by_source:
+            order = torch.argsort(self.col, stable=True)
+            dst = self.edge_index[1].as_subclass(Tensor)
+            self._by_source.extend([_indptr(self.col[order], self.num_src), dst[order].contiguous(), order])
+        return tuple(self._by_source)
 
 
 def _indptr(sorted_index: Tensor, size: int) -> Tensor:

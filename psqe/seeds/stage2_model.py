@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, segment, softmax, sort_edge_index
 
+from . import attention_layer
 from .attention import Adjacency, _AttentionAggregate, _FlushGrad
 
 MODALITIES: tuple[str, ...] = ("visual", "attribute", "relation")
@@ -143,7 +144,10 @@ class DiagGAT(MessagePassing):
         if len(edges) != self.num_layers or len(sizes) != self.num_layers:
             raise ValueError(f"DiagGAT: need {self.num_layers} edge lists and num_dst entries, "
                              f"got {len(edges)} and {len(sizes)}")
-        if x.requires_grad and any(isinstance(e, Adjacency) for e in edges):
+        kernel = [isinstance(e, Adjacency) and attention_layer.available(x)
+                  and (self.attention_dropout == 0 or not self.training) for e in edges]
+        flush_input = x.requires_grad and kernel[0]  # the kernel floors the input's gradient itself
+        if x.requires_grad and not kernel[0] and any(isinstance(e, Adjacency) for e in edges):
             x = _FlushGrad.apply(x)  # the input's gradient feeds the encoder's weight-gradient GEMM
         attention = []
         for layer, (ei, n_dst) in enumerate(zip(edges, sizes)):
@@ -152,13 +156,19 @@ class DiagGAT(MessagePassing):
                 x = F.dropout(x, self.dropout, self.training)
             w, a_src, a_dst = self.w[layer], self.a_src[layer], self.a_dst[layer]
             n_src = x.size(0)
+            graph, extra = ei, {"adjacency": None}
             if isinstance(ei, Adjacency):
                 if (ei.num_src, ei.num_dst) != (n_src, n_dst):
                     raise ValueError(f"DiagGAT layer {layer}: adjacency is {ei.num_dst} x {ei.num_src}, "
                                      f"the layer needs {n_dst} x {n_src}")
                 graph, extra = ei.edge_index, {"adjacency": ei}
-            else:
-                graph, extra = ei, {"adjacency": None}
+            if kernel[layer]:  # one autograd node over the compiled kernels (attention_layer.py)
+                x, alpha = attention_layer.attention_layer(
+                    x, torch.cat([w * a_dst, w * a_src]), w / self.heads, ei, negative_slope=self.negative_slope,
+                    negative_scores=self.negative_scores, elu=not last, floor=SCORE_FLOOR,
+                    flush_input=flush_input and layer == 0)
+                attention.append(alpha)
+                continue
             # One product for both: [N_src, 2H], a_dst . (w * h_j) then a_src . (w * h_i)
             # (the second half is used on the destination rows only).
             scores = x @ torch.cat([w * a_dst, w * a_src]).t()
