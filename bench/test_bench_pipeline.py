@@ -33,7 +33,10 @@ included). Cases (``impl``):
   machine, OpenMP threads that spin while waiting for a core another job
   holds make 2 threads slower than 1 (measured with one other job running:
   2.7 s per epoch active, 1.3 s passive, 1.3 s with 1 thread);
-- ``psqe-1thread``: ``torch.set_num_threads(1)``.
+- ``psqe-1thread``: ``torch.set_num_threads(1)``;
+- ``psqe-torch-gat``: ``PSQE_GAT_KERNEL=off``: Stage II's attention layers
+  through torch sparse ops instead of the compiled layer kernels
+  (:mod:`psqe.seeds.attention_layer`), the path before them.
 
 The full 300 epochs run only with ``--bench-big`` (several minutes each);
 the normal run times ``SHORT_EPOCHS`` epochs and projects 300 from the
@@ -148,6 +151,7 @@ CASES = {  # impl -> (threads, extra environment, TuningConfig overrides)
     "psqe-bf16": (None, {}, {"visual_precision": "bfloat16"}),
     "psqe-passive": (None, {"OMP_WAIT_POLICY": "PASSIVE"}, {}),
     "psqe-1thread": (1, {}, {}),
+    "psqe-torch-gat": (None, {"PSQE_GAT_KERNEL": "off"}, {}),
 }
 
 

@@ -7,6 +7,9 @@ Three ops carry every stage of PSQE and every aligner's evaluation:
 - :func:`greedy_match` — greedy one-to-one selection over scored candidates;
 - :func:`mic_keep` — the MIC check of a seed list (no s x s matrix).
 
+(Stage II's attention layers have CPU kernels of their own,
+``torch.ops.psqe.gat_aggregate*``, used by :mod:`psqe.seeds.attention_layer`.)
+
 They run the compiled kernels (``torch.ops.psqe.*``, CPU and CUDA) when the
 library is installed, and otherwise the pure-PyTorch oracle of
 :mod:`psqe._reference`; :func:`backend` says which.
@@ -54,6 +57,19 @@ if _BUILD_INFO is not None:
     @torch.library.register_fake("psqe::mic_keep")
     def _mic_fake(left, right, both_directions=False):
         return left.new_empty((left.shape[0],), dtype=torch.bool)
+
+    # Stage II's attention-layer kernels (CPU; psqe.seeds.attention_layer).
+    @torch.library.register_fake("psqe::gat_aggregate")
+    def _gat_fake(crow, col, alpha, x, scale):
+        return x.new_empty((crow.shape[0] - 1, x.shape[1]))
+
+    @torch.library.register_fake("psqe::gat_aggregate_backward")
+    def _gat_backward_fake(crow, col, alpha, x, scale, out, grad_out, elu, flush):
+        return x.new_empty((crow.shape[0] - 1, x.shape[1])), torch.empty_like(alpha), torch.empty_like(scale)
+
+    @torch.library.register_fake("psqe::gat_aggregate_backward_input")
+    def _gat_backward_input_fake(src_ptr, dst, edge, alpha, scale, g, low_grad=None, low_weight=None, flush=0.0):
+        return g.new_empty((src_ptr.shape[0] - 1, g.shape[1]))
 
 
 def backend() -> str:

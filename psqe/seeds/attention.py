@@ -1,5 +1,7 @@
 """The fused (sparse-matrix) path of Stage II's graph attention, and its gradient floor.
 
+(On CPU, an :class:`Adjacency` layer runs through the compiled layer kernels
+of :mod:`.attention_layer` instead; this torch sparse-op path serves CUDA.)
 :class:`~.stage2_model.DiagGAT` runs a layer over either input:
 
 - an edge list (``[2, E]`` tensor): PyTorch Geometric's ``message`` /

@@ -40,6 +40,8 @@ forward ELU (in place) stay torch ops.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,8 +52,11 @@ from .. import ops
 from .attention import GRAD_FLUSH, Adjacency
 
 #: ``"auto"``: the compiled kernels wherever :func:`available`; ``"off"``: always
-#: the torch sparse-op path (for comparisons and tests).
-KERNEL = "auto"
+#: the torch sparse-op path (for comparisons and tests). The environment
+#: variable ``PSQE_GAT_KERNEL`` sets it at import.
+KERNEL = os.environ.get("PSQE_GAT_KERNEL", "auto")
+if KERNEL not in ("auto", "off"):
+    raise ValueError(f"PSQE_GAT_KERNEL must be 'auto' or 'off', got {KERNEL!r}")
 
 
 def available(x: Tensor) -> bool:

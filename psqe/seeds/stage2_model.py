@@ -30,11 +30,13 @@ edge list: memory O(E * d), never an N x N matrix):
   sources (seeds, then their 1-hop, then their 2-hop neighbours; see
   :func:`receptive_field`), a layer only computes the rows the next reads.
 
-Two ways to run a layer, the same function (equal up to float rounding;
+Three ways to run a layer, the same function (equal up to float rounding;
 tests/test_stage2.py checks outputs and gradients in float64): an edge list
 (``[2, E]`` tensor; PyTorch Geometric's ``message`` / scatter path, the
-reference) or an :class:`~.attention.Adjacency` (the fused sparse-matrix
-path of :mod:`.attention`, several times faster on CPU).
+reference) or an :class:`~.attention.Adjacency`, which runs through the
+compiled CPU layer kernels of :mod:`.attention_layer` where they serve the
+input, and otherwise (CUDA, ``PSQE_GAT_KERNEL=off``, attention dropout
+while training) through the fused sparse-matrix path of :mod:`.attention`.
 
 Attention scores more than ``SCORE_FLOOR`` (30) below their destination's
 maximum are raised to that floor (a weight under ``e^-30``, far below float32

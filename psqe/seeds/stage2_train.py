@@ -24,11 +24,12 @@ What is skipped (exactly; ``subgraph=False`` trains on the whole graph to check)
 Where an epoch's time goes on CPU (DBP15K zh_en, 1000 Stage I seeds: the
 receptive field holds 34.6k of 39k nodes and 221k + 43k edges; 2 cores):
 about half is the visual ``Linear``, forward ``X W^T`` and backward
-``G^T X`` over ``[34.6k, 2048] x [2048, 300]`` (85 GFLOP per epoch, ~0.27 s);
-the rest is the attention layers' sparse products and ELU (~0.1 s), the ICL
-(~0.05 s) and small operations. The hand-written backward passes (attention
-aggregation, ICL) and the floors on tiny values keep subnormal numbers out
-of the products (see :mod:`.stage2_model` and :func:`icl_loss`).
+``G^T X`` over ``[34.6k, 2048] x [2048, 300]`` (85 GFLOP per epoch, ~0.28 s);
+the attention layers take ~0.15 s, through the compiled layer kernels
+(:mod:`.attention_layer`), and the ICL and small operations the rest
+(~0.54 s per epoch in all). The hand-written backward passes (attention
+layer, ICL) and the floors on tiny values keep subnormal numbers out of the
+products (see :mod:`.stage2_model` and :func:`icl_loss`).
 """
 from __future__ import annotations
 
