@@ -48,6 +48,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..seeds.attention import Adjacency
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +78,7 @@ class AlignData:
     links: Tensor | None = None
     name: str = ""
     _sorted: tuple[Tensor, Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
+    _attention_graph: Adjacency | None = field(default=None, repr=False)
 
     @classmethod
     def from_pair(cls, pair, modalities: Sequence[str] | None = None, device: str | torch.device = "cpu") -> AlignData:
@@ -112,6 +115,15 @@ class AlignData:
                  {m: f.shape[1] for m, f in features.items()})
         return data.to(device)
 
+    def attention_graph(self) -> Adjacency:
+        """``edge_index`` prepared once for the graph attention's fused path
+        (:class:`~psqe.seeds.attention.Adjacency`: the compiled layer kernels on
+        CPU, torch sparse ops elsewhere); the same function as the edge list."""
+        if self._attention_graph is None:
+            n = self.num_entities
+            self._attention_graph = Adjacency.build(self.edge_index, n, n)
+        return self._attention_graph
+
     @property
     def num_entities(self) -> int:
         return self.n1 + self.n2
@@ -133,7 +145,8 @@ class AlignData:
         return dataclasses.replace(self, ids=self.ids.to(device), features=move,
                                    present={m: t.to(device) for m, t in self.present.items()},
                                    edge_index=self.edge_index.to(device), adj=self.adj.to(device),
-                                   links=None if self.links is None else self.links.to(device), _sorted=None)
+                                   links=None if self.links is None else self.links.to(device), _sorted=None,
+                                   _attention_graph=None)
 
     def _lookup(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self._sorted is None:
