@@ -24,26 +24,36 @@ void check_float(const at::Tensor& t, const char* op, const char* name, int64_t 
               ", got ", t.device());
 }
 
+// What both walks share: the dense rows `dense` [rows, d], a CSR pointer
+// `ptr` over `index`, and per-edge per-head `alpha` [E, H] and `scale` [H, d].
+void check_walk(const char* op, const at::Tensor& dense, const char* dense_name,
+                const at::Tensor& ptr, const char* ptr_name, const at::Tensor& index,
+                const char* index_name, const at::Tensor& alpha, const at::Tensor& scale) {
+  TORCH_CHECK(dense.dim() == 2, op, ": ", dense_name, " must be 2-D [rows, d], got shape ",
+              dense.sizes());
+  TORCH_CHECK(dense.scalar_type() == at::kFloat || dense.scalar_type() == at::kDouble, op, ": ",
+              dense_name, " must be float32 or float64, got ", dense.scalar_type());
+  check_index(ptr, op, ptr_name, -1);
+  TORCH_CHECK(ptr.numel() >= 1, op, ": ", ptr_name, " must hold rows + 1 >= 1 entries");
+  check_index(index, op, index_name, -1);
+  check_float(alpha, op, "alpha", 2, dense);
+  check_float(scale, op, "scale", 2, dense);
+  TORCH_CHECK(alpha.size(0) == index.numel(), op, ": alpha must have one row per edge (",
+              index.numel(), "), got shape ", alpha.sizes());
+  TORCH_CHECK(scale.size(0) == alpha.size(1) && scale.size(1) == dense.size(1), op,
+              ": scale must be [heads, d] = [", alpha.size(1), ", ", dense.size(1), "], got ",
+              scale.sizes());
+  TORCH_CHECK(ptr.device() == dense.device() && index.device() == dense.device(), op, ": ",
+              ptr_name, " and ", index_name, " must be on ", dense_name, "'s device ",
+              dense.device());
+}
+
 }  // namespace
 
 void check_gat_aggregate_args(const at::Tensor& crow, const at::Tensor& col,
                               const at::Tensor& alpha, const at::Tensor& x,
                               const at::Tensor& scale, const char* op) {
-  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [num_src, d], got shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": x must be float32 or float64, got ", x.scalar_type());
-  check_index(crow, op, "crow", -1);
-  TORCH_CHECK(crow.numel() >= 1, op, ": crow must hold num_dst + 1 >= 1 entries");
-  check_index(col, op, "col", -1);
-  check_float(alpha, op, "alpha", 2, x);
-  check_float(scale, op, "scale", 2, x);
-  TORCH_CHECK(alpha.size(0) == col.numel(), op, ": alpha must have one row per edge (",
-              col.numel(), "), got shape ", alpha.sizes());
-  TORCH_CHECK(scale.size(0) == alpha.size(1) && scale.size(1) == x.size(1), op,
-              ": scale must be [heads, d] = [", alpha.size(1), ", ", x.size(1), "], got ",
-              scale.sizes());
-  TORCH_CHECK(crow.device() == x.device() && col.device() == x.device(), op,
-              ": crow and col must be on x's device ", x.device());
+  check_walk(op, x, "x", crow, "crow", col, "col", alpha, scale);
 }
 
 void check_gat_aggregate_backward_input_args(const at::Tensor& src_ptr, const at::Tensor& dst,
@@ -52,20 +62,8 @@ void check_gat_aggregate_backward_input_args(const at::Tensor& src_ptr, const at
                                              const std::optional<at::Tensor>& low_grad,
                                              const std::optional<at::Tensor>& low_weight) {
   const char* op = "gat_aggregate_backward_input";
-  TORCH_CHECK(g.dim() == 2, op, ": g must be 2-D [num_dst, d], got shape ", g.sizes());
-  TORCH_CHECK(g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble, op,
-              ": g must be float32 or float64, got ", g.scalar_type());
-  check_index(src_ptr, op, "src_ptr", -1);
-  TORCH_CHECK(src_ptr.numel() >= 1, op, ": src_ptr must hold num_src + 1 >= 1 entries");
-  check_index(dst, op, "dst", -1);
+  check_walk(op, g, "g", src_ptr, "src_ptr", dst, "dst", alpha, scale);
   check_index(edge, op, "edge", dst.numel());
-  check_float(alpha, op, "alpha", 2, g);
-  check_float(scale, op, "scale", 2, g);
-  TORCH_CHECK(alpha.size(0) == dst.numel(), op, ": alpha must have one row per edge (",
-              dst.numel(), "), got shape ", alpha.sizes());
-  TORCH_CHECK(scale.size(0) == alpha.size(1) && scale.size(1) == g.size(1), op,
-              ": scale must be [heads, d] = [", alpha.size(1), ", ", g.size(1), "], got ",
-              scale.sizes());
   TORCH_CHECK(low_grad.has_value() == low_weight.has_value(), op,
               ": give both low_grad and low_weight or neither");
   if (low_grad.has_value()) {
