@@ -167,38 +167,20 @@ PSQE_INLINE void backward_rows(const Walk<T>& w, int64_t begin, int64_t end, con
   }
 }
 
-#define PSQE_CLONED(T, SUFFIX)                                                                     \
-  PSQE_CLONES void aggregate_rows_##SUFFIX(const Walk<T>& w, int64_t b, int64_t e, T* acc, T* out, \
+#define PSQE_CLONED(T)                                                                     \
+  PSQE_CLONES void cloned_aggregate_rows(const Walk<T>& w, int64_t b, int64_t e, T* acc, T* out, \
                                            const T* low, const T* lw, int64_t r, T flush) {         \
     aggregate_rows<T>(w, b, e, acc, out, low, lw, r, flush);                                       \
   }                                                                                                \
-  PSQE_CLONES void backward_rows_##SUFFIX(const Walk<T>& w, int64_t b, int64_t e, const T* y,      \
+  PSQE_CLONES void cloned_backward_rows(const Walk<T>& w, int64_t b, int64_t e, const T* y,      \
                                           const T* go, bool elu, T flush, T* g, T* ga, T* partial, \
                                           T* qv, T* part) {                                        \
     backward_rows<T>(w, b, e, y, go, elu, flush, g, ga, partial, qv, part);                       \
   }
-PSQE_CLONED(float, f)
-PSQE_CLONED(double, d)
+// One overload per dtype, each cloned per ISA.
+PSQE_CLONED(float)
+PSQE_CLONED(double)
 #undef PSQE_CLONED
-
-inline void aggregate_rows_any(const Walk<float>& w, int64_t b, int64_t e, float* acc, float* out,
-                               const float* low, const float* lw, int64_t r, float flush) {
-  aggregate_rows_f(w, b, e, acc, out, low, lw, r, flush);
-}
-inline void aggregate_rows_any(const Walk<double>& w, int64_t b, int64_t e, double* acc, double* out,
-                               const double* low, const double* lw, int64_t r, double flush) {
-  aggregate_rows_d(w, b, e, acc, out, low, lw, r, flush);
-}
-inline void backward_rows_any(const Walk<float>& w, int64_t b, int64_t e, const float* y,
-                              const float* go, bool elu, float flush, float* g, float* ga,
-                              float* partial, float* qv, float* part) {
-  backward_rows_f(w, b, e, y, go, elu, flush, g, ga, partial, qv, part);
-}
-inline void backward_rows_any(const Walk<double>& w, int64_t b, int64_t e, const double* y,
-                              const double* go, bool elu, double flush, double* g, double* ga,
-                              double* partial, double* qv, double* part) {
-  backward_rows_d(w, b, e, y, go, elu, flush, g, ga, partial, qv, part);
-}
 
 template <typename T>
 void forward_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& alpha,
@@ -209,7 +191,7 @@ void forward_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tenso
   T* o = out.data_ptr<T>();
   at::parallel_for(0, crow.numel() - 1, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(w.h * w.d);
-    aggregate_rows_any(w, begin, end, acc.data(), o, nullptr, nullptr, 0, T(0));
+    cloned_aggregate_rows(w, begin, end, acc.data(), o, nullptr, nullptr, 0, T(0));
   });
 }
 
@@ -233,7 +215,7 @@ void backward_impl(const at::Tensor& crow, const at::Tensor& col, const at::Tens
     std::vector<T> qv(hd), part(hd);
     for (int64_t ch = cbegin; ch < cend; ++ch) {
       const int64_t rbegin = std::min(nd, ch * per_chunk), rend = std::min(nd, (ch + 1) * per_chunk);
-      backward_rows_any(w, rbegin, rend, y, go, elu, flush, gs, ga, partial.data() + ch * hd,
+      cloned_backward_rows(w, rbegin, rend, y, go, elu, flush, gs, ga, partial.data() + ch * hd,
                         qv.data(), part.data());
     }
   });
@@ -258,7 +240,7 @@ void backward_input_impl(const at::Tensor& src_ptr, const at::Tensor& dst, const
   T* gx = grad_x.data_ptr<T>();
   at::parallel_for(0, src_ptr.numel() - 1, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(w.h * w.d);
-    aggregate_rows_any(w, begin, end, acc.data(), gx, lg, lw, r, flush);
+    cloned_aggregate_rows(w, begin, end, acc.data(), gx, lg, lw, r, flush);
   });
 }
 
