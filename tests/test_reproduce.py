@@ -74,6 +74,29 @@ def test_resume_refuses_a_changed_config(report, dataset, capsys):
         main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(report), *args])
 
 
+def test_resume_adds_a_protocol(dataset, tmp_path):
+    """A resume with more protocols runs only the missing ones; the finished ones stay as they were."""
+    folder, features, _ = dataset
+    base = ["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(tmp_path), *ARGS,
+            "--seeds", "uvp", "--no-supervised"]
+    assert main([*base, "--protocols", "legacy"]) == 0
+    cell_path = tmp_path / "cells" / "eva__uvp.json"
+    first = json.loads(cell_path.read_text())
+    assert "clean" not in first and "| eva | uvp | 150 |" in (tmp_path / "table.md").read_text()
+    assert main([*base, "--protocols", "legacy,clean"]) == 0
+    both = json.loads(cell_path.read_text())
+    assert both["legacy"] == first["legacy"]
+    assert both["clean"]["candidates"] == 1200 and both["clean"]["hits@1"] > 0.05  # chance is 1/1200
+    config = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert config["protocols"] == ["legacy", "clean"]
+    stamp = cell_path.stat().st_mtime_ns
+    assert main([*base, "--protocols", "legacy"]) == 0  # nothing to run; the folder still holds both
+    assert cell_path.stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["protocols"] == ["legacy", "clean"]
+    row = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| eva | uvp")][0]
+    assert f"{both['clean']['hits@1']:.3f}" in row
+
+
 def test_align_command(dataset, tmp_path, capsys):
     folder, features, pair = dataset
     seeds = tmp_path / "seeds.tsv"

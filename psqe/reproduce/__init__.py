@@ -9,7 +9,8 @@ candidates = the test pairs' right entities) and, with ``"clean"`` in
 ``protocols``, trained again with 10% of the seeds held out for model
 selection and tested on every gold link that no seed touches against every
 kg2 entity. A finished cell is a JSON file under ``cells/``: an interrupted
-run resumes where it stopped.
+run resumes where it stopped, and a resume with more ``protocols`` runs only
+the protocols a finished cell lacks.
 
 The folder::
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SEED_METHODS = ("uvp", "multimodal", "psqe")
 SUPERVISED = "supervised30"
+#: ReproduceConfig fields a resume may change (every other field must match config.json).
+_MAY_CHANGE = ("models", "seeds", "supervised", "protocols")
 #: The paper's Table 1 (H@1, H@10, MRR): each model with its own seeds ("base") and with PSQE's.
 PAPER_TABLE1 = {
     "zh_en": {"eva": {"base": (.783, .898, .825), "psqe": (.823, .930, .861)},
@@ -151,10 +154,12 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     if saved.exists():
         previous = json.loads(saved.read_text(encoding="utf-8"))["config"]
         changed = {k for k in mine if json.dumps(mine[k], default=str) != json.dumps(previous.get(k), default=str)
-                   and k not in ("models", "seeds", "supervised")}
+                   and k not in _MAY_CHANGE}
         if changed:
             raise ValueError(f"reproduce: {out} holds a run with a different {', '.join(sorted(changed))}; "
-                             "use another --out folder (only models / seeds / supervised may change on resume)")
+                             f"use another --out folder (only {' / '.join(_MAY_CHANGE)} may change on resume)")
+        # the folder's cells keep every protocol run so far: config.json says so
+        mine["protocols"] = list(dict.fromkeys([*previous.get("protocols", []), *config.protocols]))
     _write_json(saved, {"config": mine, "versions": _versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     pair, data = load_pair(config, out)
@@ -166,12 +171,13 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     for model, method in bar:
         bar.set_postfix_str(f"{model} / {method}")
         path = out / "cells" / f"{model}__{method}.json"
-        if path.exists():
-            cell = json.loads(path.read_text(encoding="utf-8"))
-            log.info("cell %s / %s: done earlier, reused", model, method)
-        else:
-            cell = run_cell(config, pair, data, model, method, seeds.get(method), progress)
+        cell = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        missing = tuple(p for p in config.protocols if p not in cell)
+        if missing:
+            cell = {**cell, **run_cell(config, pair, data, model, method, seeds.get(method), progress, missing)}
             _write_json(path, cell)
+        else:
+            log.info("cell %s / %s: done earlier, reused", model, method)
         rows.append(cell)
     write_report(out, config, pair, rows, seeds, clusters, _dataset_key(pair.name or config.dataset))
     return {"rows": rows}

@@ -90,14 +90,15 @@ def make_seeds(config, pair, out: Path):
     return seeds, clusters
 
 
-def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tensor | None, progress: bool) -> dict:
-    """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``config.protocols``."""
+def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tensor | None, progress: bool,
+             protocols: tuple[str, ...] | None = None) -> dict:
+    """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``protocols`` (default: ``config``'s)."""
     from ..align import build_aligner, clean_split, embed, evaluate, fit, legacy_split
 
     legacy = legacy_split(pair.links, seed=42)
     train = legacy.train if seeds is None else seeds
     cell = {"model": model_name, "seeds": method, "train_pairs": int(train.shape[0])}
-    for protocol in config.protocols:
+    for protocol in config.protocols if protocols is None else protocols:
         if protocol == "legacy":
             split = legacy_split(pair.links, seed=42, seeds=None if seeds is None else seeds)
         else:
