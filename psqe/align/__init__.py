@@ -6,7 +6,7 @@
 - :func:`fit` / :class:`TrainConfig` (:mod:`.train`): the shared training
   loop with iterative learning and model selection on validation pairs;
 - :func:`rank_metrics`, :func:`legacy_split`, :func:`clean_split`,
-  :func:`evaluate` (:mod:`.evaluate`): Hits@k / MRR with CSLS, without an
+  :func:`evaluate` (:mod:`.metrics`): Hits@k / MRR with CSLS, without an
   ``n x m`` matrix, under the community's protocol and a clean one;
 - aligners: :class:`EVA` (:mod:`.eva`), :class:`MCLEA` (:mod:`.mclea`),
   :class:`MEAformer` (:mod:`.meaformer`), :class:`PCMEA` (:mod:`.pcmea`), on the
@@ -29,7 +29,7 @@ A supervised run on a synthetic pair, evaluated both ways:
 from __future__ import annotations
 
 from .data import AlignData
-from .evaluate import PROTOCOLS, Split, clean_split, evaluate, legacy_split, rank_metrics, ranks
+from .metrics import PROTOCOLS, Split, clean_split, evaluate, legacy_split, rank_metrics, ranks
 from .eva import EVA, EVAConfig, eva_train_config
 from .mclea import MCLEA, MCLEAConfig, mclea_train_config
 from .meaformer import MEAformer, MEAformerConfig, meaformer_train_config

@@ -42,7 +42,7 @@ schedule when iterative learning begins, which :func:`~psqe.align.fit` does not.
 Deviations: the authors' optional "replay" hard negatives and projection
 heads are off in their runs and not implemented; their per-epoch evaluation
 on the test set with best-test restore belongs to the evaluation protocol
-(:mod:`psqe.align.evaluate`), not to the model.
+(:mod:`psqe.align.metrics`), not to the model.
 
 >>> import torch
 >>> from psqe.data.synthetic import make_pair

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from .data import AlignData
-from .evaluate import rank_metrics
+from .metrics import rank_metrics
 
 log = logging.getLogger(__name__)
 

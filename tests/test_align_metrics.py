@@ -230,7 +230,7 @@ def test_evaluate_protocols_on_planted_embeddings():
         evaluate(emb, clean, data, part="train2")
 
 
-@pytest.mark.parametrize("name", ["psqe.align", "psqe.align.data", "psqe.align.losses", "psqe.align.evaluate"])
+@pytest.mark.parametrize("name", ["psqe.align", "psqe.align.data", "psqe.align.losses", "psqe.align.metrics"])
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
