@@ -97,6 +97,31 @@ def test_resume_adds_a_protocol(dataset, tmp_path):
     assert f"{both['clean']['hits@1']:.3f}" in row
 
 
+def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
+    from psqe.reproduce.summary import summary_markdown, summary_rows
+
+    rows = {r["protocol"]: r for r in summary_rows([report])}
+    assert set(rows) == {"legacy", "clean"}
+    cells = {p.stem.split("__")[1]: json.loads(p.read_text()) for p in (report / "cells").glob("eva__*.json")}
+    for protocol, row in rows.items():
+        h1 = {s: c[protocol]["hits@1"] for s, c in cells.items()}
+        assert (row["supervised30"], row["type1"], row["type2"], row["psqe"]) == (
+            h1["supervised30"], h1["uvp"], h1["multimodal"], h1["psqe"])
+        assert row["psqe_minus_type1"] == pytest.approx(h1["psqe"] - h1["uvp"], abs=5e-4)
+        assert row["psqe_pairs"] == cells["psqe"]["train_pairs"] and row["epochs"] == 30
+        assert row["paper_delta"] is None  # a synthetic pair is none of the paper's datasets
+    # a missing cell leaves its columns empty rather than guessed
+    partial = tmp_path / "partial"
+    (partial / "cells").mkdir(parents=True)
+    (partial / "config.json").write_text((report / "config.json").read_text())
+    (partial / "cells" / "eva__uvp.json").write_text((report / "cells" / "eva__uvp.json").read_text())
+    row = summary_rows([partial])[0]
+    assert row["psqe"] is None and row["psqe_minus_type1"] is None and row["type1"] == cells["uvp"]["legacy"]["hits@1"]
+    assert "| partial | eva | legacy | 30 |  | " in summary_markdown([row])
+    with pytest.raises(ValueError, match="no config.json"):
+        summary_rows([tmp_path])
+
+
 def test_align_command(dataset, tmp_path, capsys):
     folder, features, pair = dataset
     seeds = tmp_path / "seeds.tsv"

@@ -1,0 +1,42 @@
+"""The cross-report table of every ``psqe reproduce`` folder under ``bench/results/``.
+
+Writes ``bench/results/reproduce-summary.md`` (atomically): per report, model
+and protocol, H@1 with 30% gold, Type I, Type II and PSQE seeds, PSQE's
+margins and the paper's (``psqe.reproduce.summary``).
+
+Usage::
+
+    python bench/summarize_reproduce.py            # every bench/results/reproduce-*/ folder with cells
+    python bench/summarize_reproduce.py DIR [DIR ...] --out FILE
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from psqe.features._util import atomic_write
+from psqe.reproduce.summary import summary_markdown, summary_rows
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HEADER = ("# `psqe reproduce`: PSQE's seeds against Type I and Type II, every report\n\n"
+          "Written by `bench/summarize_reproduce.py` from the reports' `cells/*.json`. H@1, left to right. "
+          "`psqe_minus_type1` is PSQE's margin over Type I (UVP) seeds, `paper_delta` the paper's Table 1 margin "
+          "(its '+PSQE' row minus its 'base' row: real images and the models' default epochs there; the offline "
+          "feature stand-ins and `epochs` here). R2 reports are far below the paper in absolute terms (no names, "
+          "simulated images): compare margins. A report without a cell leaves its column empty.\n\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", type=Path, help="report folders (default: bench/results/reproduce-*/)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "reproduce-summary.md")
+    args = parser.parse_args(argv)
+    # by default, every finished report (the superseded "-partial" folder keeps its cells elsewhere)
+    folders = args.folders or sorted(p for p in RESULTS.glob("reproduce-*") if any((p / "cells").glob("*.json")))
+    text = HEADER + summary_markdown(summary_rows(folders))
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""One table over many ``psqe reproduce`` folders: does PSQE beat Type I and Type II, per model and setting?
+
+Each folder's ``config.json`` names the dataset, setting and epochs; its
+``cells/*.json`` hold the numbers. A row is one (folder, model, protocol):
+H@1 of the 30%-gold reference and of each seed set, PSQE's margin over
+Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 margin
+(its "+PSQE" row minus its "base" row) beside it. A missing cell leaves its
+column empty; it is never filled in.
+
+>>> import json, tempfile
+>>> from pathlib import Path
+>>> folder = Path(tempfile.mkdtemp()) / "report"
+>>> (folder / "cells").mkdir(parents=True)
+>>> _ = (folder / "config.json").write_text(json.dumps({"config": {"dataset": "DBP15K/zh_en", "setting": "R1", "epochs": 100}}))
+>>> for seeds, h1 in (("uvp", 0.80), ("multimodal", 0.75), ("psqe", 0.85)):
+...     _ = (folder / "cells" / f"eva__{seeds}.json").write_text(json.dumps(
+...         {"model": "eva", "seeds": seeds, "train_pairs": 1000, "legacy": {"hits@1": h1}}))
+>>> row = summary_rows([folder])[0]
+>>> row["psqe_minus_type1"], row["psqe_minus_type2"], row["paper_delta"]
+(0.05, 0.1, 0.04)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import PAPER_TABLE1, SUPERVISED
+
+COLUMNS = ["report", "model", "protocol", "epochs", "supervised30", "type1", "type2", "psqe", "psqe_pairs",
+           "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"reproduce summary: cannot read {path}: {err}") from err
+
+
+def _paper_delta(dataset: str, model: str) -> float | None:
+    key = next((k for k in PAPER_TABLE1 if k in dataset), None)
+    entry = PAPER_TABLE1.get(key, {}).get(model) if key else None
+    return round(entry["psqe"][0] - entry["base"][0], 3) if entry else None
+
+
+def summary_rows(folders) -> list[dict]:
+    """A row per (folder, model, protocol) with H@1 per seed set and PSQE's margins (see the module docstring)."""
+    rows = []
+    for folder in map(Path, folders):
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"reproduce summary: {folder} has no config.json (not a psqe reproduce folder)")
+        config = _load_json(folder / "config.json").get("config", {})
+        cells = [_load_json(p) for p in sorted((folder / "cells").glob("*.json"))]
+        if not cells:
+            raise ValueError(f"reproduce summary: {folder}/cells holds no finished cell")
+        for model in dict.fromkeys(c["model"] for c in cells):
+            mine = {c["seeds"]: c for c in cells if c["model"] == model}
+            for protocol in ("legacy", "clean"):
+                h1 = {s: c[protocol]["hits@1"] for s, c in mine.items() if protocol in c}
+                if not h1:
+                    continue
+                row = {"report": folder.name, "model": model, "protocol": protocol, "epochs": config.get("epochs"),
+                       "supervised30": h1.get(SUPERVISED), "type1": h1.get("uvp"), "type2": h1.get("multimodal"),
+                       "psqe": h1.get("psqe"), "psqe_pairs": mine.get("psqe", {}).get("train_pairs")}
+                for other, column in (("type1", "psqe_minus_type1"), ("type2", "psqe_minus_type2")):
+                    both = row["psqe"] is not None and row[other] is not None
+                    row[column] = round(row["psqe"] - row[other], 3) if both else None
+                row["paper_delta"] = _paper_delta(config.get("dataset", folder.name), model)
+                rows.append(row)
+    return rows
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (H@1 to three decimals, margins signed, empty where a cell is missing)."""
+    def fmt(column, value):
+        if value is None:
+            return ""
+        if column.startswith("psqe_minus") or column == "paper_delta":
+            return f"{value:+.3f}"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(c, r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["COLUMNS", "summary_markdown", "summary_rows"]
