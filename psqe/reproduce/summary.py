@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import PAPER_TABLE1, SUPERVISED
+from . import PAPER_TABLE1, SUPERVISED, _dataset_key
 
 COLUMNS = ["report", "model", "protocol", "epochs", "supervised30", "type1", "type2", "psqe", "psqe_pairs",
            "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
@@ -38,8 +38,7 @@ def _load_json(path: Path) -> dict:
 
 
 def _paper_delta(dataset: str, model: str) -> float | None:
-    key = next((k for k in PAPER_TABLE1 if k in dataset), None)
-    entry = PAPER_TABLE1.get(key, {}).get(model) if key else None
+    entry = PAPER_TABLE1.get(_dataset_key(dataset), {}).get(model)
     return round(entry["psqe"][0] - entry["base"][0], 3) if entry else None
 
 
