@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     align.add_argument("--model", required=True, help="eva, mclea, meaformer or pcmea")
     _common_align_options(align)
     align.add_argument("--protocols", default="legacy,clean", help="comma-separated: legacy, clean (default both)")
+    align.add_argument("--clean-exclude", default="", help="comma-separated seed files compared with --seeds: their "
+                       "entities are kept out of the clean test set too, so that every run scores on one test set")
     align.add_argument("--out", default=None, help="also write the metrics to this JSON file (atomically)")
     rep = sub.add_parser("reproduce", help="the paper's Table 1 for one dataset and setting, as a resumable report folder")
     rep.add_argument("--dataset", required=True, help="dataset folder or name, e.g. DBP15K/zh_en")
@@ -118,6 +120,8 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surface", action="store_true", help='"w/ surface": the aligners also read names and characters')
     p.add_argument("--root", default=None, help="data root for dataset names")
     p.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
+    p.add_argument("--clean-selection", choices=["final", "val"], default="final",
+                   help="clean protocol: keep the last epoch (default) or the best on 10%% of the seeds held out")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cpu")
 
@@ -130,8 +134,9 @@ def _align_or_reproduce(args, parser) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available")
-    common = dict(setting=args.setting, protocols=names(args.protocols), epochs=args.epochs, surface=args.surface,
-                  seed=args.seed, device=args.device, root=args.root, features=args.features, cache_dir=args.cache_dir)
+    common = dict(setting=args.setting, protocols=names(args.protocols), clean_selection=args.clean_selection,
+                  epochs=args.epochs, surface=args.surface, seed=args.seed, device=args.device, root=args.root,
+                  features=args.features, cache_dir=args.cache_dir)
     try:
         if args.command == "align":
             config = ReproduceConfig(dataset=args.dataset, models=(args.model.lower(),), seeds=(), supervised=True, **common)
@@ -153,8 +158,12 @@ def _align_or_reproduce(args, parser) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         pair, data = load_pair(config, Path(tmp))
-    data.pairs_from_global(seeds, what=f"seeds file {args.seeds}")  # unknown entities: a clear error before training
-    cell = run_cell(config, pair, data, config.models[0], Path(args.seeds).name, seeds, progress=True)
+    files = [f.strip() for f in args.clean_exclude.split(",") if f.strip()]  # paths: case kept
+    others = [read_seeds(f) for f in files]
+    for path, table in ((args.seeds, seeds), *zip(files, others)):
+        data.pairs_from_global(table, what=f"seeds file {path}")  # unknown entities: a clear error before training
+    cell = run_cell(config, pair, data, config.models[0], Path(args.seeds).name, seeds, progress=True,
+                    clean_exclude=others)
     text = json.dumps(cell, indent=2)
     if args.out:
         from .features._util import atomic_write

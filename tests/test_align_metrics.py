@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import psqe.ops
-from psqe.align import AlignData, clean_split, evaluate, legacy_split, rank_metrics, ranks
+from psqe.align import AlignData, clean_split, evaluate, legacy_split, pairs_digest, rank_metrics, ranks
 from psqe.data import KGPair, KnowledgeGraph
 
 pytestmark = pytest.mark.one_thread
@@ -126,6 +126,20 @@ def test_legacy_split_matches_the_authors_shuffle():
     assert torch.equal(unsup.train, seeds) and torch.equal(unsup.test, split.test)
 
 
+def test_pairs_digest_names_a_set_of_pairs():
+    g = torch.Generator().manual_seed(1)
+    pairs = torch.randint(0, 10**6, (500, 2), generator=g)
+    digest = pairs_digest(pairs)
+    assert len(digest) == 16 and digest == pairs_digest(pairs[torch.randperm(500, generator=g)])
+    assert digest == pairs_digest(pairs.int().numpy())
+    assert digest != pairs_digest(pairs[1:]) and digest != pairs_digest(pairs.flip(1))
+    bumped = pairs.clone()
+    bumped[7, 1] += 1
+    assert digest != pairs_digest(bumped)
+    with pytest.raises(ValueError, match="integer"):
+        pairs_digest(pairs.double())
+
+
 def test_clean_split_excludes_seed_entities():
     g = torch.Generator().manual_seed(5)
     links = torch.stack([torch.arange(1000), torch.randperm(1000, generator=g) + 1000], dim=1)
@@ -143,6 +157,17 @@ def test_clean_split_excludes_seed_entities():
     assert not torch.equal(clean_split(links, seeds, seed=1).val, split.val)
     with pytest.raises(ValueError, match="nothing is left to test"):
         clean_split(links[:5], links[:5])
+    # other seed sets (one table or several) leave the test too, and only the test: training is this set's
+    others = [links[:300], torch.stack([links[300:400, 0], links[400:500, 1]], dim=1)]  # the second one is wrong
+    common = clean_split(links, seeds, val_ratio=0.1, seed=0, exclude=others)
+    used_l |= set(torch.cat(others)[:, 0].tolist())
+    used_r |= set(torch.cat(others)[:, 1].tolist())
+    assert common.test.tolist() == [r for r in links.tolist() if r[0] not in used_l and r[1] not in used_r]
+    assert torch.equal(common.train, split.train) and torch.equal(common.val, split.val)
+    one = clean_split(links, seeds, exclude=others[0]).test
+    assert torch.equal(one, clean_split(links, seeds, exclude=[others[0]]).test) and one.shape[0] > common.test.shape[0]
+    with pytest.raises(ValueError, match=r"exclude\[1\]"):
+        clean_split(links, seeds, exclude=[others[0], torch.zeros(3)])
     with pytest.raises(ValueError, match="integer"):
         clean_split(links.float(), seeds)
     with pytest.raises(ValueError, match="empty"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from loader_files import write_pair_folder
 from psqe.cli import main
@@ -51,12 +52,45 @@ def test_report_files_and_numbers(report):
     # trained on 30% gold links, EVA must align far above chance (1/588 test candidates)
     assert sup["legacy"]["hits@1"] > 0.2 and sup["legacy"]["queries"] == 840 - 252
     assert sup["clean"]["candidates"] == 1200
+    # one clean test set for every row: the gold links untouched by the 30% split and by every seed set
+    from psqe.align import legacy_split
+    from psqe.seeds.io import read_seeds
+
+    used = [legacy_split(_links(report), seed=42).train] + [read_seeds(report / "seeds" / f"{m}.tsv")
+                                                           for m in ("uvp", "multimodal", "psqe")]
+    left = set().union(*(u[:, 0].tolist() for u in used))
+    right = set().union(*(u[:, 1].tolist() for u in used))
+    expected = [l for l in _links(report).tolist() if l[0] not in left and l[1] not in right]
+    assert {c["clean"]["queries"] for c in cells.values()} == {len(expected)}
+    assert len({c["clean"]["test_digest"] for c in cells.values()}) == 1
+    from psqe.align import pairs_digest
+
+    assert sup["clean"]["test_digest"] == pairs_digest(torch.tensor(expected))
+    config = json.loads((report / "config.json").read_text())
+    assert config["clean_test"] == {"links": len(expected), "digest": sup["clean"]["test_digest"],
+                                    "untouched_by": ["supervised30 split", "uvp", "multimodal", "psqe"]}
+    # the clean test is a part of the legacy test
+    legacy_test = set(map(tuple, legacy_split(_links(report), seed=42).test.tolist()))
+    assert set(map(tuple, expected)) <= legacy_test
+    for c in cells.values():  # last-epoch selection: clean is the legacy run, evaluated on the clean test
+        assert c["clean"]["selection"] == "final" and c["clean"]["best_epoch"] is None
+        assert c["clean"]["shared_run"] == "legacy" and c["clean"]["seconds"] == c["legacy"]["seconds"]
     for c in cells.values():
         assert 0 <= c["legacy"]["hits@1"] <= c["legacy"]["hits@10"] <= 1
     table = (report / "table.md").read_text()
-    assert "PSQE seeds give the best H@1" in table and "Type II more precise than Type I" in table
+    assert "PSQE seeds give the best H@1 (legacy)" in table and "Type II more precise than Type I" in table
+    assert "PSQE seeds give the best H@1 (clean)" in table
+    assert f"Clean protocol: {sup['clean']['queries']} test links (digest {sup['clean']['test_digest']}), " \
+           "selection final;" in table and "different test sets" not in table
+    svg = (report / "h1.svg").read_text()
+    assert "(legacy protocol)" in svg and "(clean protocol)" in svg
     quality = json.loads((report / "seeds/quality.json").read_text())
     assert quality["uvp"]["count"] == 150 and quality["uvp"]["precision"] > 0.3
+
+
+def _links(report):
+    """The gold links of the dataset a report folder was made from."""
+    return load_dataset(json.loads((report / "config.json").read_text())["config"]["dataset"]).links
 
 
 def test_resume_skips_finished_cells(report, dataset):
@@ -97,6 +131,50 @@ def test_resume_adds_a_protocol(dataset, tmp_path):
     assert f"{both['clean']['hits@1']:.3f}" in row
 
 
+def _timeless(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k != "seconds"}
+
+
+def test_resume_reruns_stale_clean_entries(dataset, tmp_path):
+    """A clean entry from another test set or selection is computed again; legacy numbers are checked, not lost."""
+    folder, features, _ = dataset
+    base = ["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(tmp_path), *ARGS,
+            "--no-supervised"]
+    path = tmp_path / "cells" / "eva__uvp.json"
+    assert main([*base, "--seeds", "uvp"]) == 0
+    first = json.loads(path.read_text())
+    # an entry written before the common test set (no digest, no selection) runs again, to the same numbers
+    stale = {**first, "clean": {k: v for k, v in first["clean"].items() if k not in ("test_digest", "selection")}}
+    path.write_text(json.dumps({**stale, "clean": {**stale["clean"], "hits@1": 0.0}}))
+    assert main([*base, "--seeds", "uvp"]) == 0
+    again = json.loads(path.read_text())
+    assert again["legacy"] == first["legacy"] and "previous" not in again
+    assert _timeless(again["clean"]) == _timeless(first["clean"])  # same numbers; a new run's own time
+    # a second seed set in the folder shrinks the common test set: uvp's clean entry runs again on it
+    assert main([*base, "--seeds", "uvp,multimodal"]) == 0
+    grown = json.loads(path.read_text())
+    assert grown["clean"]["test_digest"] != first["clean"]["test_digest"]
+    assert grown["clean"]["queries"] < first["clean"]["queries"] and grown["legacy"] == first["legacy"]
+    other = json.loads((tmp_path / "cells" / "eva__multimodal.json").read_text())
+    assert other["clean"]["test_digest"] == grown["clean"]["test_digest"]
+    # fewer --seeds on resume keep the test set (the folder still holds multimodal's seeds): nothing runs
+    stamp = path.stat().st_mtime_ns
+    assert main([*base, "--seeds", "uvp"]) == 0
+    assert path.stat().st_mtime_ns == stamp
+    # selection on held-out seeds: a run of its own, with a best epoch
+    assert main([*base, "--seeds", "uvp", "--clean-selection", "val"]) == 0
+    val = json.loads(path.read_text())
+    assert val["clean"]["selection"] == "val" and "shared_run" not in val["clean"]
+    assert val["clean"]["best_epoch"] in range(30) and val["clean"]["test_digest"] == grown["clean"]["test_digest"]
+    assert val["legacy"] == first["legacy"]
+    # back to the last epoch: legacy is evaluated again with it; a changed number is kept under "previous"
+    path.write_text(json.dumps({**val, "legacy": {**val["legacy"], "hits@1": 0.1234}}))
+    assert main([*base, "--seeds", "uvp"]) == 0
+    back = json.loads(path.read_text())
+    assert _timeless(back["legacy"]) == _timeless(first["legacy"]) and back["previous"]["legacy"]["hits@1"] == 0.1234
+    assert _timeless(back["clean"]) == _timeless(grown["clean"])
+
+
 def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     from psqe.reproduce.summary import summary_markdown, summary_rows
 
@@ -131,6 +209,20 @@ def test_align_command(dataset, tmp_path, capsys):
                  "--epochs", "30", "--protocols", "clean", "--out", str(out)]) == 0
     cell = json.loads(out.read_text())
     assert cell["train_pairs"] == 300 and cell["clean"]["hits@1"] > 0.2 and "legacy" not in cell
+    # the 30% gold split stays out of the clean test; --clean-exclude keeps another seed set out too
+    from psqe.align import legacy_split
+
+    gold = legacy_split(pair.links, seed=42).train
+    untouched = ~torch.isin(pair.links[:, 0], torch.cat([gold[:, 0], pair.links[:300, 0]])) & \
+        ~torch.isin(pair.links[:, 1], torch.cat([gold[:, 1], pair.links[:300, 1]]))
+    assert cell["clean"]["queries"] == int(untouched.sum())
+    other = tmp_path / "Other Seeds.tsv"  # a path's case is kept
+    other.write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[300:400].tolist()))
+    assert main(["align", str(folder), "--seeds", str(seeds), "--model", "eva", "--features", str(features),
+                 "--epochs", "30", "--protocols", "clean", "--clean-exclude", str(other), "--out", str(out)]) == 0
+    both = json.loads(out.read_text())
+    gone = untouched & ~torch.isin(pair.links[:, 0], pair.links[300:400, 0])
+    assert both["clean"]["queries"] == int(gone.sum()) < cell["clean"]["queries"]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -151,3 +243,14 @@ def test_unknown_model_is_a_clear_error(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["align", str(folder), "--seeds", str(tmp_path / "s.tsv"), "--model", "transe", "--features", str(features)])
     assert "unknown model(s) ['transe']" in capsys.readouterr().err
+
+
+def test_clean_note_flags_mixed_test_sets():
+    from psqe.reproduce.report import _clean_note
+
+    new = {"clean": {"queries": 10, "test_digest": "aa", "selection": "final"}}
+    old = {"clean": {"queries": 12, "best_epoch": 9}}  # written before the common test set: its own test, selection val
+    note = _clean_note([new, old, {"legacy": {}}])
+    assert "10 test links (digest aa), selection final" in note and "12 test links (digest None), selection val" in note
+    assert "different test sets" in note
+    assert "different" not in _clean_note([new, new]) and _clean_note([{"legacy": {}}]) == ""

@@ -29,7 +29,7 @@ A supervised run on a synthetic pair, evaluated both ways:
 from __future__ import annotations
 
 from .data import AlignData
-from .metrics import PROTOCOLS, Split, clean_split, evaluate, legacy_split, rank_metrics, ranks
+from .metrics import PROTOCOLS, Split, clean_split, evaluate, legacy_split, pairs_digest, rank_metrics, ranks
 from .eva import EVA, EVAConfig, eva_train_config
 from .mclea import MCLEA, MCLEAConfig, mclea_train_config
 from .meaformer import MEAformer, MEAformerConfig, meaformer_train_config
@@ -81,5 +81,5 @@ __all__ = [
     "ALIGNERS", "AlignData", "EVA", "EVAConfig", "MCLEA", "MCLEAConfig", "MEAformer", "MEAformerConfig", "PCMEA",
     "PCMEAConfig", "mclea_train_config", "meaformer_train_config", "pcmea_train_config", "MutualNeighbours", "NCALoss", "PROTOCOLS", "Split", "TrainConfig",
     "TrainResult", "UncertaintyWeighting", "build_aligner", "clean_split", "contrastive_loss", "embed", "eva_train_config",
-    "evaluate", "fit", "ial_loss", "icl_loss", "legacy_split", "nca_loss", "rank_metrics", "ranks",
+    "evaluate", "fit", "ial_loss", "icl_loss", "legacy_split", "nca_loss", "pairs_digest", "rank_metrics", "ranks",
 ]

@@ -26,8 +26,12 @@ increasing affine map of the cosine, hence the same ranking as here.
   replaced by the seeds in the unsupervised setting), ``test`` = the rest,
   candidates = the test pairs' right entities.
 - :func:`clean_split` — test = every gold link neither of whose entities is
-  used by a seed, every kg2 (resp. kg1) entity a candidate; a validation
-  split is held out of the *seeds* for model selection.
+  used by a seed (nor by the training pairs given as ``exclude``: other seed
+  sets compared on the same test, the community's 30% gold), every kg2
+  (resp. kg1) entity a candidate; a validation split may be held out of the
+  *seeds* for model selection (``val_ratio``; 0: none, train to the end).
+  :func:`pairs_digest` names a test set, so results on different test sets
+  are never compared by mistake.
 
 MEAformer's code also evaluates the test set every epoch and keeps the best
 weights; that legacy number is ``fit(..., val_pairs=split.test)`` with
@@ -46,6 +50,7 @@ ranked (the test pairs' left entities, as the authors' code does).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -195,22 +200,46 @@ def legacy_split(links, train_ratio: float = 0.3, seed: int = 42, seeds=None) ->
     return Split("legacy", train, shuffled[cut:], links.new_zeros(0, 2), "test")
 
 
-def clean_split(links, seeds, val_ratio: float = 0.1, seed: int = 0) -> Split:
-    """Test = gold links with neither entity used by a seed; ``val_ratio`` of the seeds held out for validation.
+def clean_split(links, seeds, val_ratio: float = 0.1, seed: int = 0, exclude=()) -> Split:
+    """Test = gold links with neither entity used by ``seeds`` or ``exclude``; ``val_ratio`` of the seeds held out.
 
-    The validation pairs are a seeded random subset (``RandomState(seed)``);
-    training keeps the remaining seeds in their given order.
+    ``exclude``: more ``[*, 2]`` pair tables (or one) whose entities are kept
+    out of the test set too. Scoring several seed sets on one test set needs
+    every one of them here: each seed set's own exclusion would hand the set
+    with more (and easier) seeds a smaller, harder test. The validation
+    pairs are a seeded random subset (``RandomState(seed)``); training keeps
+    the remaining seeds in their given order. ``val_ratio=0``: no validation.
+
+    >>> links = torch.tensor([[0, 10], [1, 11], [2, 12], [3, 13]])
+    >>> clean_split(links, links[:1], val_ratio=0).test.tolist()
+    [[1, 11], [2, 12], [3, 13]]
+    >>> clean_split(links, links[:1], val_ratio=0, exclude=torch.tensor([[2, 13]])).test.tolist()
+    [[1, 11]]
     """
     links, seeds = _pairs(links, "clean_split links"), _pairs(seeds, "clean_split seeds")
     if not 0.0 <= val_ratio < 1.0:
         raise ValueError(f"clean_split: val_ratio must be in [0, 1), got {val_ratio}")
-    keep = ~torch.isin(links[:, 0], seeds[:, 0]) & ~torch.isin(links[:, 1], seeds[:, 1])
+    others = [exclude] if isinstance(exclude, Tensor) else list(exclude)
+    used = torch.cat([seeds, *(_pairs(o, f"clean_split exclude[{i}]") for i, o in enumerate(others))])
+    keep = ~torch.isin(links[:, 0], used[:, 0]) & ~torch.isin(links[:, 1], used[:, 1])
     if not bool(keep.any()):
         raise ValueError("clean_split: every gold link touches a seed entity; nothing is left to test")
     num_val = int(round(seeds.shape[0] * val_ratio))
     held = torch.zeros(seeds.shape[0], dtype=torch.bool)
     held[torch.from_numpy(np.random.RandomState(seed).permutation(seeds.shape[0])[:num_val])] = True
     return Split("clean", seeds[~held], links[keep], seeds[held], "all")
+
+
+def pairs_digest(pairs) -> str:
+    """A short name of a set of pairs (order-free): the first 16 hex digits of
+    the SHA-256 of its rows, sorted, as int64.
+
+    >>> pairs_digest(torch.tensor([[1, 5], [0, 4]])) == pairs_digest(torch.tensor([[0, 4], [1, 5]]))
+    True
+    """
+    rows = _pairs(pairs, "pairs_digest pairs").numpy().astype("<i8")
+    rows = np.ascontiguousarray(rows[np.lexsort((rows[:, 1], rows[:, 0]))])
+    return hashlib.sha256(rows.tobytes()).hexdigest()[:16]
 
 
 def evaluate(embeddings: Tensor | dict[str, Tensor], split: Split, data, part: str = "test", csls_k: int = 3,
@@ -250,4 +279,5 @@ def evaluate(embeddings: Tensor | dict[str, Tensor], split: Split, data, part: s
     return {**l2r, **{f"r2l_{k}": v for k, v in r2l.items()}, "queries": pairs.shape[0], "candidates": num_candidates}
 
 
-__all__ = ["PROTOCOLS", "Split", "clean_split", "evaluate", "legacy_split", "rank_metrics", "ranks", "summarize"]
+__all__ = ["PROTOCOLS", "Split", "clean_split", "evaluate", "legacy_split", "pairs_digest", "rank_metrics", "ranks",
+           "summarize"]

@@ -18,6 +18,9 @@ from ..seeds.io import read_seeds, tsv_text
 
 log = logging.getLogger(__name__)
 
+#: How the clean protocol picks the model: the last epoch, or the best on 10% of the seeds held out.
+CLEAN_SELECTIONS = ("final", "val")
+
 
 def load_pair(config, out: Path):
     """The dataset with its feature set attached (built once, then read from ``out``) and its AlignData."""
@@ -90,32 +93,74 @@ def make_seeds(config, pair, out: Path):
     return seeds, clusters
 
 
+def clean_selection_ratio(selection: str) -> float:
+    """The share of the seeds the clean protocol holds out for model selection: 0.1 for ``"val"``, 0 for ``"final"``."""
+    if selection not in CLEAN_SELECTIONS:
+        raise ValueError(f"clean selection must be one of {CLEAN_SELECTIONS}, got {selection!r}")
+    return 0.1 if selection == "val" else 0.0
+
+
+def clean_test(pair, seed_sets) -> tuple[torch.Tensor, str]:
+    """The common clean test set of a report and its digest.
+
+    Gold links that neither the community's 30% gold split nor any of
+    ``seed_sets`` (``[S, 2]`` global-id tables) touches: every row of a
+    report is then scored on the same links, and they are a subset of the
+    legacy test set.
+    """
+    from ..align import clean_split, legacy_split, pairs_digest
+
+    gold = legacy_split(pair.links, seed=42).train
+    test = clean_split(pair.links, gold, val_ratio=0.0, exclude=list(seed_sets)).test
+    return test, pairs_digest(test)
+
+
 def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tensor | None, progress: bool,
-             protocols: tuple[str, ...] | None = None) -> dict:
-    """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``protocols`` (default: ``config``'s)."""
-    from ..align import build_aligner, clean_split, embed, evaluate, fit, legacy_split
+             protocols: tuple[str, ...] | None = None, clean_exclude=()) -> dict:
+    """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``protocols`` (default: ``config``'s).
+
+    The clean test excludes the 30% gold split and ``clean_exclude`` (the
+    other seed sets of the report) besides this cell's own training pairs
+    (:func:`clean_test`). Protocols without a validation split (legacy, and
+    clean with ``config.clean_selection == "final"``) train the same model
+    on the same pairs, so they share one training run.
+    """
+    from ..align import build_aligner, clean_split, embed, evaluate, fit, legacy_split, pairs_digest
 
     legacy = legacy_split(pair.links, seed=42)
     train = legacy.train if seeds is None else seeds
     cell = {"model": model_name, "seeds": method, "train_pairs": int(train.shape[0])}
+    splits = {}
     for protocol in config.protocols if protocols is None else protocols:
         if protocol == "legacy":
-            split = legacy_split(pair.links, seed=42, seeds=None if seeds is None else seeds)
+            splits[protocol] = legacy_split(pair.links, seed=42, seeds=seeds)
         else:
-            split = clean_split(pair.links, train, seed=config.seed)
-        split = split.to_pair_index(data)
+            splits[protocol] = clean_split(pair.links, train, val_ratio=clean_selection_ratio(config.clean_selection),
+                                           seed=config.seed, exclude=[legacy.train, *clean_exclude])
+    runs = {}  # protocols that train alike share a run: the key is the validation split
+    for protocol, split in splits.items():
+        runs.setdefault("final" if split.val.numel() == 0 else protocol, []).append(protocol)
+    for group in runs.values():
+        first = splits[group[0]].to_pair_index(data)
         model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.seed,
                                             epochs=config.epochs)
         changes = {"seed": config.seed, "device": config.device}
-        if protocol == "clean":
+        if first.val.numel():
             changes["eval_every"] = max(1, train_config.epochs // 10)
         train_config = dataclasses.replace(train_config, **changes)
         torch.manual_seed(config.seed)
-        result = fit(model.to(config.device), data, split.train, train_config,
-                     val_pairs=split.val if split.val.numel() else None, progress=progress)
-        metrics = evaluate(embed(model, data), split, data)
-        cell[protocol] = {**{k: round(float(v), 4) for k, v in metrics.items()}, "seconds": round(result.seconds, 1),
-                          "epochs": train_config.epochs, "best_epoch": result.best_epoch}
-        log.info("%s / %s (%s): H@1 %.3f H@10 %.3f MRR %.3f in %.0f s", model_name, method, protocol,
-                 metrics["hits@1"], metrics["hits@10"], metrics["mrr"], result.seconds)
+        result = fit(model.to(config.device), data, first.train, train_config,
+                     val_pairs=first.val if first.val.numel() else None, progress=progress)
+        embeddings = embed(model, data)
+        for protocol in group:
+            metrics = evaluate(embeddings, splits[protocol].to_pair_index(data), data)
+            entry = {**{k: round(float(v), 4) for k, v in metrics.items()}, "seconds": round(result.seconds, 1),
+                     "epochs": train_config.epochs, "best_epoch": result.best_epoch}
+            if protocol == "clean":
+                entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
+            if protocol != group[0]:
+                entry["shared_run"] = group[0]  # the same trained model as that protocol's
+            cell[protocol] = entry
+            log.info("%s / %s (%s): H@1 %.3f H@10 %.3f MRR %.3f in %.0f s", model_name, method, protocol,
+                     metrics["hits@1"], metrics["hits@10"], metrics["mrr"], result.seconds)
     return cell

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..features._util import atomic_write
 from ..plot import grouped_bars_svg
 from ..seeds.compare import write_distribution_plot
+from ..align.metrics import PROTOCOLS
 from . import SUPERVISED, rows_to_csv
 
 COLUMNS = ["model", "seeds", "train_pairs", "legacy_hits@1", "legacy_hits@10", "legacy_mrr", "clean_hits@1",
@@ -25,10 +26,11 @@ _GENERATOR = {"uvp": "type1", "multimodal": "type2", "psqe": "psqe"}
 
 def _flat(cell: dict, paper: dict | None) -> dict:
     row = {"model": cell["model"], "seeds": cell["seeds"], "train_pairs": cell["train_pairs"], "seconds": 0.0}
-    for protocol in ("legacy", "clean"):
+    for protocol in PROTOCOLS:
         for metric in ("hits@1", "hits@10", "mrr"):
             row[f"{protocol}_{metric}"] = cell.get(protocol, {}).get(metric, "")
-        row["seconds"] += cell.get(protocol, {}).get("seconds", 0.0)
+        if "shared_run" not in cell.get(protocol, {}):  # one training run counted once
+            row["seconds"] += cell.get(protocol, {}).get("seconds", 0.0)
     which = {"uvp": "base", "psqe": "psqe"}.get(cell["seeds"])
     if paper and which and cell["model"] in paper:
         for metric, value in zip(("hits@1", "hits@10", "mrr"), paper[cell["model"]][which]):
@@ -42,6 +44,18 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _clean_note(cells: list[dict]) -> str:
+    """One line on the clean test set(s) of ``cells`` (empty without clean entries)."""
+    entries = [c["clean"] for c in cells if "clean" in c]
+    if not entries:
+        return ""
+    sets = sorted({(e.get("queries"), e.get("test_digest"), e.get("selection", "val")) for e in entries}, key=str)
+    text = "; ".join(f"{q} test links (digest {d}), selection {sel}" for q, d, sel in sets)
+    warn = " **Rows are on different test sets: compare with care.**" if len(sets) > 1 else ""
+    return (f"Clean protocol: {text}; every kg2 entity a candidate; the test links are those that neither the 30% "
+            f"gold split nor any seed set of this report touches.{warn}\n\n")
 
 
 def claims(cells: list[dict], quality: dict, protocol: str = "legacy") -> list[str]:
@@ -80,17 +94,20 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
             f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}; seed {config.seed}. "
             f"`{SUPERVISED}`: trained on 30% gold links. Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside "
             "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
-            "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
+            _clean_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
             _markdown(qrows, ["seeds"] + QUALITY), "\n## The paper's claims on these numbers\n\n",
-            "".join(f"- {c}\n" for c in claims(cells, quality))]
+            "".join(f"- {c}\n" for p in PROTOCOLS if any(p in c for c in cells) for c in claims(cells, quality, p))]
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text("".join(text), encoding="utf-8"))
     atomic_write(out / "table.csv", lambda tmp: Path(tmp).write_text(rows_to_csv(rows, COLUMNS), encoding="utf-8"))
     atomic_write(out / "seed_quality.md", lambda tmp: Path(tmp).write_text(_markdown(qrows, ["seeds"] + QUALITY)))
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["seeds"] for r in rows))
-    h1 = {(r["model"], r["seeds"]): r["legacy_hits@1"] or 0.0 for r in rows}
-    series = {m: [float(h1.get((model, m), 0.0) or 0.0) for model in models] for m in methods}
-    svg = grouped_bars_svg([("H@1 (legacy protocol) per aligner", models, series)],
+    panels = []
+    for protocol in [p for p in PROTOCOLS if any(r[f"{p}_hits@1"] != "" for r in rows)]:
+        h1 = {(r["model"], r["seeds"]): r[f"{protocol}_hits@1"] for r in rows}
+        series = {m: [float(h1.get((model, m)) or 0.0) for model in models] for m in methods}
+        panels.append((f"H@1 ({protocol} protocol) per aligner", models, series))
+    svg = grouped_bars_svg(panels,
                            title=f"H@1 per aligner and seed set: {pair.name or config.dataset} {config.setting}", ylabel="H@1")
     atomic_write(out / "h1.svg", lambda tmp: Path(tmp).write_text(svg, encoding="utf-8"))
     if seeds:
