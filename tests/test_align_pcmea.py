@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psqe.align import fit
+from psqe.align import TrainResult, fit
 from psqe.align.losses import contrastive_loss
 from psqe.align.pcmea import PCMEA, PCMEAConfig, pcmea_train_config
+from psqe.reproduce.cells import added_pairs
 
 from align_common import hits1
 
@@ -48,7 +49,7 @@ def test_supervised_run_beats_bound_untrained_does_not(align_setup, trained):
 
 def test_pseudo_links_precise_and_disjoint_from_seeds(align_setup, trained):
     data, split = align_setup
-    model, _, _ = trained
+    model, _, result = trained
     links = model.pseudo_links.cpu()
     assert links.shape[0] >= 50
     gold = set(map(tuple, data.links.tolist()))
@@ -62,6 +63,15 @@ def test_pseudo_links_precise_and_disjoint_from_seeds(align_setup, trained):
     # the first cycle end only records proposals; later ones accept the stable ones
     epochs, counts = zip(*model.pseudo_history)
     assert epochs[0] >= CONFIG.momentum_start and counts[0] == 0 and sum(counts) == links.shape[0]
+    # reproduce's diagnostic counts the same links and the same precision
+    added = added_pairs(model, result, split.train.shape[0], data)
+    correct = round(precision * links.shape[0])
+    assert added == {"count": links.shape[0], "gold": correct, "precision": round(correct / links.shape[0], 4)}
+    # iterative learning's merged pairs count too: two gold links and a wrong one after the seeds
+    grown = TrainResult(train_pairs=torch.cat([split.train, split.test[:2], split.test[2:3, [0]].repeat(1, 2)]))
+    grown.train_pairs[-1, 1] = split.test[3, 1]
+    both = added_pairs(model, grown, split.train.shape[0], data)
+    assert both["count"] == links.shape[0] + 3 and both["gold"] == correct + 2
 
 
 def test_calibration_accepts_only_repeated_proposals(align_setup):

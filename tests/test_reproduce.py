@@ -254,3 +254,27 @@ def test_clean_note_flags_mixed_test_sets():
     assert "10 test links (digest aa), selection final" in note and "12 test links (digest None), selection val" in note
     assert "different test sets" in note
     assert "different" not in _clean_note([new, new]) and _clean_note([{"legacy": {}}]) == ""
+
+
+def test_cells_record_the_code_commit(report):
+    """Each entry names the commit that computed it; an installed copy outside a checkout gives None."""
+    import subprocess
+    from pathlib import Path
+
+    import psqe.reproduce.cells as cells
+
+    folder = Path(cells.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=folder, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        inside = (Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True,
+                                      text=True, check=True).stdout.strip()) / "psqe").resolve() == folder
+    except (OSError, subprocess.CalledProcessError):
+        inside = False
+    commit = cells.code_commit()
+    if inside:
+        assert commit is not None and commit.rstrip("+") == head
+    else:
+        assert commit is None
+    entry = json.loads((report / "cells" / "eva__uvp.json").read_text())["legacy"]
+    assert entry["commit"] == commit

@@ -6,8 +6,10 @@ when that file exists (features, each seed set, each cell).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -115,6 +117,50 @@ def clean_test(pair, seed_sets) -> tuple[torch.Tensor, str]:
     return test, pairs_digest(test)
 
 
+@functools.lru_cache(maxsize=1)
+def code_commit() -> str | None:
+    """The git commit of the psqe source that runs (12 hex digits, ``+`` when the tree has changes), or None
+    outside a git checkout (an installed wheel)."""
+    folder = Path(__file__).resolve().parent.parent
+    try:
+        run = functools.partial(subprocess.run, cwd=folder, capture_output=True, text=True, timeout=10, check=True)
+        top = Path(run(["git", "rev-parse", "--show-toplevel"]).stdout.strip())
+        if (top / "psqe" / "reproduce" / "cells.py").resolve() != Path(__file__).resolve():
+            return None  # a checkout of something else that happens to hold this installed copy
+        head = run(["git", "rev-parse", "--short=12", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+" if dirty else "") if head else None
+
+
+def added_pairs(model, result, num_seeds: int, data) -> dict | None:
+    """How many pairs training added to its ``num_seeds`` seeds, and how many are gold links (a diagnostic
+    only: gold never enters training). Iterative learning's merged pairs and PCMEA's accepted
+    pseudo-links (``extra_train_pairs``) count; None when none were added or the pair has no gold links.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> data = SimpleNamespace(links=torch.tensor([[0, 3], [1, 4]]))
+    >>> run = SimpleNamespace(train_pairs=torch.tensor([[0, 3], [1, 5], [1, 4]]))
+    >>> added_pairs(torch.nn.Module(), run, 1, data)
+    {'count': 2, 'gold': 1, 'precision': 0.5}
+    """
+    parts = [] if result.train_pairs is None else [result.train_pairs[num_seeds:].cpu()]
+    extra = getattr(model, "extra_train_pairs", None)
+    if extra is not None:
+        parts.append(extra().cpu())
+    if not parts or data.links is None:
+        return None
+    pairs = torch.cat(parts)
+    if pairs.shape[0] == 0:
+        return None
+    gold = data.links.cpu()
+    width = int(max(gold.max(), pairs.max())) + 1
+    hits = int(torch.isin(pairs[:, 0] * width + pairs[:, 1], gold[:, 0] * width + gold[:, 1]).sum())
+    return {"count": int(pairs.shape[0]), "gold": hits, "precision": round(hits / pairs.shape[0], 4)}
+
+
 def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tensor | None, progress: bool,
              protocols: tuple[str, ...] | None = None, clean_exclude=()) -> dict:
     """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``protocols`` (default: ``config``'s).
@@ -123,7 +169,12 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     other seed sets of the report) besides this cell's own training pairs
     (:func:`clean_test`). Protocols without a validation split (legacy, and
     clean with ``config.clean_selection == "final"``) train the same model
-    on the same pairs, so they share one training run.
+    on the same pairs, so they share one training run (``shared_run``).
+
+    Each protocol's entry holds the metrics of :func:`psqe.align.evaluate`,
+    ``seconds``, ``epochs``, ``best_epoch``, ``commit`` (:func:`code_commit`),
+    ``added_pairs`` (:func:`added_pairs`) when training added pairs, and for
+    clean ``selection`` and ``test_digest``.
     """
     from ..align import build_aligner, clean_split, embed, evaluate, fit, legacy_split, pairs_digest
 
@@ -155,11 +206,14 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         for protocol in group:
             metrics = evaluate(embeddings, splits[protocol].to_pair_index(data), data)
             entry = {**{k: round(float(v), 4) for k, v in metrics.items()}, "seconds": round(result.seconds, 1),
-                     "epochs": train_config.epochs, "best_epoch": result.best_epoch}
+                     "epochs": train_config.epochs, "best_epoch": result.best_epoch, "commit": code_commit()}
             if protocol == "clean":
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
             if protocol != group[0]:
                 entry["shared_run"] = group[0]  # the same trained model as that protocol's
+            added = added_pairs(model, result, first.train.shape[0], data)
+            if added is not None:
+                entry["added_pairs"] = added
             cell[protocol] = entry
             log.info("%s / %s (%s): H@1 %.3f H@10 %.3f MRR %.3f in %.0f s", model_name, method, protocol,
                      metrics["hits@1"], metrics["hits@10"], metrics["mrr"], result.seconds)
