@@ -188,6 +188,7 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
         assert row["psqe_minus_type1"] == pytest.approx(h1["psqe"] - h1["uvp"], abs=5e-4)
         assert row["psqe_pairs"] == cells["psqe"]["train_pairs"] and row["epochs"] == 30
         assert row["paper_delta"] is None  # a synthetic pair is none of the paper's datasets
+        assert row["test_links"] == cells["psqe"][protocol]["queries"] == cells["uvp"][protocol]["queries"]
     # a missing cell leaves its columns empty rather than guessed
     partial = tmp_path / "partial"
     (partial / "cells").mkdir(parents=True)
@@ -195,7 +196,13 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     (partial / "cells" / "eva__uvp.json").write_text((report / "cells" / "eva__uvp.json").read_text())
     row = summary_rows([partial])[0]
     assert row["psqe"] is None and row["psqe_minus_type1"] is None and row["type1"] == cells["uvp"]["legacy"]["hits@1"]
-    assert "| partial | eva | legacy | 30 |  | " in summary_markdown([row])
+    assert "| partial | eva | legacy | 30 | 588 |  | " in summary_markdown([row])
+    # clean entries on different test sets are flagged, not compared silently
+    mixed = json.loads((report / "cells" / "eva__psqe.json").read_text())
+    mixed["clean"] = {**mixed["clean"], "test_digest": "0" * 16, "queries": 1}
+    (partial / "cells" / "eva__psqe.json").write_text(json.dumps(mixed))
+    clean_row = [r for r in summary_rows([partial]) if r["protocol"] == "clean"][0]
+    assert clean_row["test_links"] == "differs"
     with pytest.raises(ValueError, match="no config.json"):
         summary_rows([tmp_path])
 

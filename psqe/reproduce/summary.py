@@ -4,8 +4,10 @@ Each folder's ``config.json`` names the dataset, setting and epochs; its
 ``cells/*.json`` hold the numbers. A row is one (folder, model, protocol):
 H@1 of the 30%-gold reference and of each seed set, PSQE's margin over
 Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 margin
-(its "+PSQE" row minus its "base" row) beside it. A missing cell leaves its
-column empty; it is never filled in.
+(its "+PSQE" row minus its "base" row) beside it; ``test_links``: the size of
+the test set the row's cells share, or ``"differs"`` when they were scored on
+different ones (clean entries from before the common test set). A missing
+cell leaves its column empty; it is never filled in.
 
 >>> import json, tempfile
 >>> from pathlib import Path
@@ -24,10 +26,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..align.metrics import PROTOCOLS
 from . import PAPER_TABLE1, SUPERVISED, _dataset_key
 
-COLUMNS = ["report", "model", "protocol", "epochs", "supervised30", "type1", "type2", "psqe", "psqe_pairs",
-           "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
+COLUMNS = ["report", "model", "protocol", "epochs", "test_links", "supervised30", "type1", "type2", "psqe",
+           "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
 
 
 def _load_json(path: Path) -> dict:
@@ -42,6 +45,10 @@ def _paper_delta(dataset: str, model: str) -> float | None:
     return round(entry["psqe"][0] - entry["base"][0], 3) if entry else None
 
 
+def _count(value) -> int | None:
+    return None if value is None else int(value)
+
+
 def summary_rows(folders) -> list[dict]:
     """A row per (folder, model, protocol) with H@1 per seed set and PSQE's margins (see the module docstring)."""
     rows = []
@@ -54,11 +61,13 @@ def summary_rows(folders) -> list[dict]:
             raise ValueError(f"reproduce summary: {folder}/cells holds no finished cell")
         for model in dict.fromkeys(c["model"] for c in cells):
             mine = {c["seeds"]: c for c in cells if c["model"] == model}
-            for protocol in ("legacy", "clean"):
+            for protocol in PROTOCOLS:
                 h1 = {s: c[protocol]["hits@1"] for s, c in mine.items() if protocol in c}
                 if not h1:
                     continue
+                tests = {(c[protocol].get("queries"), c[protocol].get("test_digest")) for c in mine.values() if protocol in c}
                 row = {"report": folder.name, "model": model, "protocol": protocol, "epochs": config.get("epochs"),
+                       "test_links": _count(next(iter(tests))[0]) if len(tests) == 1 else "differs",
                        "supervised30": h1.get(SUPERVISED), "type1": h1.get("uvp"), "type2": h1.get("multimodal"),
                        "psqe": h1.get("psqe"), "psqe_pairs": mine.get("psqe", {}).get("train_pairs")}
                 for other, column in (("type1", "psqe_minus_type1"), ("type2", "psqe_minus_type2")):
