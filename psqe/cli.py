@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     _common_align_options(align)
     align.add_argument("--protocols", default="legacy,clean", help="comma-separated: legacy, clean (default both)")
     align.add_argument("--clean-exclude", default="", help="comma-separated seed files compared with --seeds: their "
-                       "entities are kept out of the clean test set too, so that every run scores on one test set")
+                       "entities are kept out of the clean test set too (as are --seeds' and the 30%% gold "
+                       "split's), so that every run scores on one test set")
     align.add_argument("--out", default=None, help="also write the metrics to this JSON file (atomically)")
     rep = sub.add_parser("reproduce", help="the paper's Table 1 for one dataset and setting, as a resumable report folder")
     rep.add_argument("--dataset", required=True, help="dataset folder or name, e.g. DBP15K/zh_en")
@@ -146,6 +147,8 @@ def _align_or_reproduce(args, parser) -> int:
                                      psqe_epochs=args.psqe_epochs, **common)
     except ValueError as err:
         parser.error(str(err))
+    if args.command == "align" and args.clean_exclude and "clean" not in config.protocols:
+        parser.error("--clean-exclude shapes the clean test set; add clean to --protocols or drop it")
     if args.command == "reproduce":
         reproduce(config, args.out)
         log.info("report written to %s (table.md, table.csv, seed_quality.md, h1.svg, seed_distribution.svg)", args.out)
@@ -160,8 +163,9 @@ def _align_or_reproduce(args, parser) -> int:
         pair, data = load_pair(config, Path(tmp))
     files = [f.strip() for f in args.clean_exclude.split(",") if f.strip()]  # paths: case kept
     others = [read_seeds(f) for f in files]
-    for path, table in ((args.seeds, seeds), *zip(files, others)):
-        data.pairs_from_global(table, what=f"seeds file {path}")  # unknown entities: a clear error before training
+    data.pairs_from_global(seeds, what=f"seeds file {args.seeds}")  # unknown entities: a clear error before training
+    for path, table in zip(files, others):
+        data.pairs_from_global(table, what=f"--clean-exclude file {path}")
     cell = run_cell(config, pair, data, config.models[0], Path(args.seeds).name, seeds, progress=True,
                     clean_exclude=others)
     text = json.dumps(cell, indent=2)

@@ -166,6 +166,7 @@ def test_clean_split_excludes_seed_entities():
     assert torch.equal(common.train, split.train) and torch.equal(common.val, split.val)
     one = clean_split(links, seeds, exclude=others[0]).test
     assert torch.equal(one, clean_split(links, seeds, exclude=[others[0]]).test) and one.shape[0] > common.test.shape[0]
+    assert torch.equal(one, clean_split(links, seeds, exclude=others[0].numpy()).test)  # one array is one table
     with pytest.raises(ValueError, match=r"exclude\[1\]"):
         clean_split(links, seeds, exclude=[others[0], torch.zeros(3)])
     with pytest.raises(ValueError, match="integer"):

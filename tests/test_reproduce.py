@@ -117,6 +117,7 @@ def test_resume_adds_a_protocol(dataset, tmp_path):
     cell_path = tmp_path / "cells" / "eva__uvp.json"
     first = json.loads(cell_path.read_text())
     assert "clean" not in first and "| eva | uvp | 150 |" in (tmp_path / "table.md").read_text()
+    assert "clean_test" not in json.loads((tmp_path / "config.json").read_text())  # not computed for legacy alone
     assert main([*base, "--protocols", "legacy,clean"]) == 0
     both = json.loads(cell_path.read_text())
     assert both["legacy"] == first["legacy"]
@@ -143,10 +144,15 @@ def test_resume_reruns_stale_clean_entries(dataset, tmp_path):
     path = tmp_path / "cells" / "eva__uvp.json"
     assert main([*base, "--seeds", "uvp"]) == 0
     first = json.loads(path.read_text())
-    # an entry written before the common test set (no digest, no selection) runs again, to the same numbers
+    # an entry written before the common test set (no digest, no selection), in a folder whose config.json
+    # predates clean_selection, runs again, to the same numbers
     stale = {**first, "clean": {k: v for k, v in first["clean"].items() if k not in ("test_digest", "selection")}}
-    path.write_text(json.dumps({**stale, "clean": {**stale["clean"], "hits@1": 0.0}}))
+    path.write_text(json.dumps(stale))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["config"]["clean_selection"], saved["clean_test"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
     assert main([*base, "--seeds", "uvp"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["clean_selection"] == "final"
     again = json.loads(path.read_text())
     assert again["legacy"] == first["legacy"] and "previous" not in again
     assert _timeless(again["clean"]) == _timeless(first["clean"])  # same numbers; a new run's own time
@@ -230,6 +236,16 @@ def test_align_command(dataset, tmp_path, capsys):
     both = json.loads(out.read_text())
     gone = untouched & ~torch.isin(pair.links[:, 0], pair.links[300:400, 0])
     assert both["clean"]["queries"] == int(gone.sum()) < cell["clean"]["queries"]
+    common = ["align", str(folder), "--seeds", str(seeds), "--model", "eva", "--features", str(features), "--epochs", "1"]
+    with pytest.raises(SystemExit):
+        main([*common, "--protocols", "legacy", "--clean-exclude", str(other)])
+    assert "--clean-exclude shapes the clean test set" in capsys.readouterr().err
+    other.write_text("0\t999999\n")
+    with pytest.raises(ValueError, match="--clean-exclude file .*Other Seeds.tsv"):
+        main([*common, "--clean-exclude", str(other)])
+    seeds.write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[:3].tolist()))
+    with pytest.raises(ValueError, match="leave none to validate on"):
+        main([*common, "--clean-selection", "val"])
 
 
 @pytest.mark.parametrize("content, message", [
@@ -284,4 +300,22 @@ def test_cells_record_the_code_commit(report):
     else:
         assert commit is None
     entry = json.loads((report / "cells" / "eva__uvp.json").read_text())["legacy"]
-    assert entry["commit"] == commit
+    if inside:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=folder,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert entry["commit"] == head + ("+" if dirty else "")
+    else:
+        assert entry["commit"] is None
+
+
+def test_folder_seed_sets_counts_finished_non_empty_sets(tmp_path):
+    from psqe.reproduce import _folder_seed_sets
+
+    (tmp_path / "seeds").mkdir()
+    for method in ("uvp", "multimodal", "psqe"):
+        (tmp_path / "seeds" / f"{method}.tsv").write_text("1\t2\n3\t4\n")
+    (tmp_path / "seeds" / "quality.json").write_text(json.dumps({"multimodal": {}}))  # psqe: interrupted
+    found = _folder_seed_sets(tmp_path, {"uvp": torch.zeros(0, 2, dtype=torch.long)})
+    assert list(found) == ["multimodal"] and found["multimodal"].tolist() == [[1, 2], [3, 4]]
+    mine = torch.tensor([[5, 6]])
+    assert list(_folder_seed_sets(tmp_path, {"psqe": mine})) == ["multimodal", "psqe"]

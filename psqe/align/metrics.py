@@ -203,7 +203,7 @@ def legacy_split(links, train_ratio: float = 0.3, seed: int = 42, seeds=None) ->
 def clean_split(links, seeds, val_ratio: float = 0.1, seed: int = 0, exclude=()) -> Split:
     """Test = gold links with neither entity used by ``seeds`` or ``exclude``; ``val_ratio`` of the seeds held out.
 
-    ``exclude``: more ``[*, 2]`` pair tables (or one) whose entities are kept
+    ``exclude``: more ``[*, 2]`` pair tables (a tensor or array, or a list of them) whose entities are kept
     out of the test set too. Scoring several seed sets on one test set needs
     every one of them here: each seed set's own exclusion would hand the set
     with more (and easier) seeds a smaller, harder test. The validation
@@ -219,11 +219,12 @@ def clean_split(links, seeds, val_ratio: float = 0.1, seed: int = 0, exclude=())
     links, seeds = _pairs(links, "clean_split links"), _pairs(seeds, "clean_split seeds")
     if not 0.0 <= val_ratio < 1.0:
         raise ValueError(f"clean_split: val_ratio must be in [0, 1), got {val_ratio}")
-    others = [exclude] if isinstance(exclude, Tensor) else list(exclude)
+    others = [exclude] if isinstance(exclude, (Tensor, np.ndarray)) else list(exclude)
     used = torch.cat([seeds, *(_pairs(o, f"clean_split exclude[{i}]") for i, o in enumerate(others))])
     keep = ~torch.isin(links[:, 0], used[:, 0]) & ~torch.isin(links[:, 1], used[:, 1])
     if not bool(keep.any()):
-        raise ValueError("clean_split: every gold link touches a seed entity; nothing is left to test")
+        raise ValueError("clean_split: every gold link touches an entity of the seeds or of exclude; "
+                         "nothing is left to test")
     num_val = int(round(seeds.shape[0] * val_ratio))
     held = torch.zeros(seeds.shape[0], dtype=torch.bool)
     held[torch.from_numpy(np.random.RandomState(seed).permutation(seeds.shape[0])[:num_val])] = True

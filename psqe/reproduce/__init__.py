@@ -169,9 +169,10 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    mine = dataclasses.asdict(config)
+    mine, before = dataclasses.asdict(config), {}
     if saved.exists():
-        previous = json.loads(saved.read_text(encoding="utf-8"))["config"]
+        before = json.loads(saved.read_text(encoding="utf-8"))
+        previous = before["config"]
         changed = {k for k in mine if json.dumps(mine[k], default=str) != json.dumps(previous.get(k), default=str)
                    and k not in _MAY_CHANGE}
         if changed:
@@ -185,12 +186,14 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     pair, data = load_pair(config, out)
     seeds, clusters = make_seeds(config, pair, out)
     others = _folder_seed_sets(out, seeds)
-    test, digest = clean_test(pair, others.values())
-    _write_json(saved, {**header, "clean_test": {"links": int(test.shape[0]), "digest": digest,
-                                                 "untouched_by": ["supervised30 split", *others]}})
-    if "clean" in mine["protocols"]:
+    digest, record = None, before.get("clean_test")
+    if "clean" in config.protocols:
+        test, digest = clean_test(pair, others.values())
+        record = {"links": int(test.shape[0]), "digest": digest, "untouched_by": ["supervised30 split", *others]}
         log.info("clean test: %d gold links untouched by the 30%% gold split and %s (digest %s)", test.shape[0],
                  ", ".join(others) or "no seed set", digest)
+    if record is not None:
+        _write_json(saved, {**header, "clean_test": record})
     methods = ([SUPERVISED] if config.supervised else []) + list(config.seeds)
     cells = [(model, method) for model in config.models for method in methods]
     rows = []
@@ -205,6 +208,9 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
             again = ("legacy",) if "legacy" in cell and "clean" in missing and config.clean_selection == "final" else ()
             fresh = run_cell(config, pair, data, model, method, seeds.get(method), progress, (*again, *missing),
                              clean_exclude=list(others.values()))
+            if "clean" in fresh and fresh["clean"]["test_digest"] != digest:  # else every resume would rerun it
+                raise RuntimeError(f"reproduce: cell {model} / {method} was scored on test set "
+                                   f"{fresh['clean']['test_digest']}, not the folder's {digest}")
             cell = _merge(cell, fresh, model, method)
             _write_json(path, cell)
         else:
@@ -215,17 +221,25 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
 
 
 def _folder_seed_sets(out: Path, seeds: dict) -> dict:
-    """Every seed set the folder holds (this run's and any earlier run's), in :data:`SEED_METHODS` order:
-    all of them stay out of the clean test, so that a resume with fewer ``seeds`` keeps the test set."""
+    """Every finished, non-empty seed set the folder holds (this run's and earlier runs'; finished: in
+    ``seeds/quality.json``, as :func:`~psqe.reproduce.cells.make_seeds` counts them), in
+    :data:`SEED_METHODS` order. All of them stay out of the clean test, so that a resume with fewer
+    ``seeds`` keeps the test set."""
     from ..seeds.io import read_seeds
 
+    quality_path = out / "seeds" / "quality.json"
+    finished = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     found = {}
     for method in SEED_METHODS:
         path = out / "seeds" / f"{method}.tsv"
-        if method in seeds:
-            found[method] = seeds[method]
-        elif path.exists():
-            found[method] = read_seeds(path)
+        table = seeds.get(method)
+        if table is None and method in finished and path.exists():
+            table = read_seeds(path)
+        if table is not None and table.shape[0] == 0:
+            log.warning("seed set %s (%s) is empty: it leaves nothing out of the clean test", method, path)
+            continue
+        if table is not None:
+            found[method] = table
     return found
 
 

@@ -98,7 +98,7 @@ def make_seeds(config, pair, out: Path):
 def clean_selection_ratio(selection: str) -> float:
     """The share of the seeds the clean protocol holds out for model selection: 0.1 for ``"val"``, 0 for ``"final"``."""
     if selection not in CLEAN_SELECTIONS:
-        raise ValueError(f"clean selection must be one of {CLEAN_SELECTIONS}, got {selection!r}")
+        raise ValueError(f"clean_selection must be one of {CLEAN_SELECTIONS}, got {selection!r}")
     return 0.1 if selection == "val" else 0.0
 
 
@@ -119,8 +119,8 @@ def clean_test(pair, seed_sets) -> tuple[torch.Tensor, str]:
 
 @functools.lru_cache(maxsize=1)
 def code_commit() -> str | None:
-    """The git commit of the psqe source that runs (12 hex digits, ``+`` when the tree has changes), or None
-    outside a git checkout (an installed wheel)."""
+    """The git commit of the psqe source that runs (12 hex digits, ``+`` when tracked files under
+    ``psqe/`` differ from it), or None outside a git checkout of psqe (an installed wheel)."""
     folder = Path(__file__).resolve().parent.parent
     try:
         run = functools.partial(subprocess.run, cwd=folder, capture_output=True, text=True, timeout=10, check=True)
@@ -137,7 +137,8 @@ def code_commit() -> str | None:
 def added_pairs(model, result, num_seeds: int, data) -> dict | None:
     """How many pairs training added to its ``num_seeds`` seeds, and how many are gold links (a diagnostic
     only: gold never enters training). Iterative learning's merged pairs and PCMEA's accepted
-    pseudo-links (``extra_train_pairs``) count; None when none were added or the pair has no gold links.
+    pseudo-links (``extra_train_pairs``) count, as they stand when training ends (even when a
+    validation-selected earlier epoch was restored); None when none were added or there are no gold links.
 
     >>> import torch
     >>> from types import SimpleNamespace
@@ -188,6 +189,9 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         else:
             splits[protocol] = clean_split(pair.links, train, val_ratio=clean_selection_ratio(config.clean_selection),
                                            seed=config.seed, exclude=[legacy.train, *clean_exclude])
+    if "clean" in splits and config.clean_selection == "val" and splits["clean"].val.numel() == 0:
+        raise ValueError(f"clean_selection='val' holds out 10% of the seeds, and {method}'s {train.shape[0]} "
+                         "leave none to validate on; use clean_selection='final'")
     runs = {}  # protocols that train alike share a run: the key is the validation split
     for protocol, split in splits.items():
         runs.setdefault("final" if split.val.numel() == 0 else protocol, []).append(protocol)
