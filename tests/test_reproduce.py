@@ -51,7 +51,7 @@ def test_report_files_and_numbers(report):
     assert sup["train_pairs"] == int(840 * 0.3)
     # trained on 30% gold links, EVA must align far above chance (1/588 test candidates)
     assert sup["legacy"]["hits@1"] > 0.2 and sup["legacy"]["queries"] == 840 - 252
-    assert sup["clean"]["candidates"] == 1200
+    assert sup["clean"]["candidates"] == 1200 and isinstance(sup["clean"]["queries"], int)
     # one clean test set for every row: the gold links untouched by the 30% split and by every seed set
     from psqe.align import legacy_split
     from psqe.seeds.io import read_seeds
@@ -272,7 +272,7 @@ def test_clean_note_flags_mixed_test_sets():
     from psqe.reproduce.report import _clean_note
 
     new = {"clean": {"queries": 10, "test_digest": "aa", "selection": "final"}}
-    old = {"clean": {"queries": 12, "best_epoch": 9}}  # written before the common test set: its own test, selection val
+    old = {"clean": {"queries": 12.0, "best_epoch": 9}}  # before the common test set: own test, selection val, a float count
     note = _clean_note([new, old, {"legacy": {}}])
     assert "10 test links (digest aa), selection final" in note and "12 test links (digest None), selection val" in note
     assert "different test sets" in note

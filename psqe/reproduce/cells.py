@@ -209,7 +209,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         embeddings = embed(model, data)
         for protocol in group:
             metrics = evaluate(embeddings, splits[protocol].to_pair_index(data), data)
-            entry = {**{k: round(float(v), 4) for k, v in metrics.items()}, "seconds": round(result.seconds, 1),
+            entry = {**{k: v if isinstance(v, int) else round(float(v), 4) for k, v in metrics.items()},
+                     "seconds": round(result.seconds, 1),
                      "epochs": train_config.epochs, "best_epoch": result.best_epoch, "commit": code_commit()}
             if protocol == "clean":
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))

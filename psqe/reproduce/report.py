@@ -52,7 +52,7 @@ def _clean_note(cells: list[dict]) -> str:
     if not entries:
         return ""
     sets = sorted({(e.get("queries"), e.get("test_digest"), e.get("selection", "val")) for e in entries}, key=str)
-    text = "; ".join(f"{q} test links (digest {d}), selection {sel}" for q, d, sel in sets)
+    text = "; ".join(f"{'?' if q is None else int(q)} test links (digest {d}), selection {sel}" for q, d, sel in sets)
     warn = " **Rows are on different test sets: compare with care.**" if len(sets) > 1 else ""
     return (f"Clean protocol: {text}; every kg2 entity a candidate; the test links are those that neither the 30% "
             f"gold split nor any seed set of this report touches.{warn}\n\n")
