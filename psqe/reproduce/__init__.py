@@ -243,12 +243,17 @@ def _folder_seed_sets(out: Path, seeds: dict) -> dict:
     return found
 
 
+def _clean_setup(entry: dict) -> tuple:
+    """What a clean entry was computed on: ``(test_digest, selection)`` (None, None before both were recorded)."""
+    return entry.get("test_digest"), entry.get("selection")
+
+
 def _stale(entry: dict | None, protocol: str, config: ReproduceConfig, digest: str) -> bool:
     """Whether a cell's ``protocol`` entry must be (re)computed: absent, or a clean one from another
     test set or selection (entries older than the common test set carry neither)."""
     if entry is None:
         return True
-    if protocol == "clean" and (entry.get("test_digest"), entry.get("selection")) != (digest, config.clean_selection):
+    if protocol == "clean" and _clean_setup(entry) != (digest, config.clean_selection):
         log.info("clean entry from another test set or selection (%s, %s; now %s, %s): run again",
                  entry.get("test_digest"), entry.get("selection"), digest, config.clean_selection)
         return True
@@ -265,8 +270,7 @@ def _merge(cell: dict, fresh: dict, model: str, method: str) -> dict:
         old, new = cell.get(protocol), fresh.get(protocol)
         if old is None or new is None:
             continue
-        if protocol == "clean" and (old.get("test_digest"), old.get("selection")) != (
-                new.get("test_digest"), new.get("selection")):
+        if protocol == "clean" and _clean_setup(old) != _clean_setup(new):
             continue  # another test set or selection: replaced on purpose
         if all(old.get(k) == new.get(k) for k in ("hits@1", "hits@10", "mrr", "queries")):
             out[protocol] = old

@@ -197,6 +197,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         runs.setdefault("final" if split.val.numel() == 0 else protocol, []).append(protocol)
     for group in runs.values():
         first = splits[group[0]].to_pair_index(data)
+        indexed = {p: first if p == group[0] else splits[p].to_pair_index(data) for p in group}
         model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.seed,
                                             epochs=config.epochs)
         changes = {"seed": config.seed, "device": config.device}
@@ -207,8 +208,9 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         result = fit(model.to(config.device), data, first.train, train_config,
                      val_pairs=first.val if first.val.numel() else None, progress=progress)
         embeddings = embed(model, data)
+        added = added_pairs(model, result, first.train.shape[0], data)  # one per training run
         for protocol in group:
-            metrics = evaluate(embeddings, splits[protocol].to_pair_index(data), data)
+            metrics = evaluate(embeddings, indexed[protocol], data)
             entry = {**{k: v if isinstance(v, int) else round(float(v), 4) for k, v in metrics.items()},
                      "seconds": round(result.seconds, 1),
                      "epochs": train_config.epochs, "best_epoch": result.best_epoch, "commit": code_commit()}
@@ -216,7 +218,6 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
             if protocol != group[0]:
                 entry["shared_run"] = group[0]  # the same trained model as that protocol's
-            added = added_pairs(model, result, first.train.shape[0], data)
             if added is not None:
                 entry["added_pairs"] = added
             cell[protocol] = entry
