@@ -261,8 +261,9 @@ def _stale(entry: dict | None, protocol: str, config: ReproduceConfig, digest: s
 
 
 def _merge(cell: dict, fresh: dict, model: str, method: str) -> dict:
-    """``cell`` updated with ``fresh``. An entry evaluated again with the same numbers stays as it was; one
-    whose numbers changed keeps its old value under ``previous`` (with a warning)."""
+    """``cell`` updated with ``fresh``. An entry evaluated again replaces the old one, so that entries from
+    one training run (``shared_run``) carry that run's time and commit; when its numbers changed, the old
+    entry is kept under ``previous`` (with a warning)."""
     from ..align.metrics import PROTOCOLS
 
     out = {**cell, **fresh}
@@ -272,9 +273,7 @@ def _merge(cell: dict, fresh: dict, model: str, method: str) -> dict:
             continue
         if protocol == "clean" and _clean_setup(old) != _clean_setup(new):
             continue  # another test set or selection: replaced on purpose
-        if all(old.get(k) == new.get(k) for k in ("hits@1", "hits@10", "mrr", "queries")):
-            out[protocol] = old
-        else:
+        if any(old.get(k) != new.get(k) for k in ("hits@1", "hits@10", "mrr", "queries")):
             log.warning("cell %s / %s: %s H@1 %.4f now, %.4f before (kept under 'previous')", model, method,
                         protocol, new["hits@1"], old["hits@1"])
             out["previous"] = {**cell.get("previous", {}), protocol: old}

@@ -20,8 +20,10 @@ from ..seeds.io import read_seeds, tsv_text
 
 log = logging.getLogger(__name__)
 
-#: How the clean protocol picks the model: the last epoch, or the best on 10% of the seeds held out.
+#: How the clean protocol picks the model: the last epoch, or the best on ``CLEAN_VAL_RATIO`` of the seeds held out.
 CLEAN_SELECTIONS = ("final", "val")
+#: The share of the seeds ``clean_selection="val"`` holds out for model selection.
+CLEAN_VAL_RATIO = 0.1
 
 
 def load_pair(config, out: Path):
@@ -96,10 +98,14 @@ def make_seeds(config, pair, out: Path):
 
 
 def clean_selection_ratio(selection: str) -> float:
-    """The share of the seeds the clean protocol holds out for model selection: 0.1 for ``"val"``, 0 for ``"final"``."""
+    """The share of the seeds the clean protocol holds out for model selection: ``CLEAN_VAL_RATIO`` for ``"val"``, 0 for ``"final"``.
+
+    >>> clean_selection_ratio("val"), clean_selection_ratio("final")
+    (0.1, 0.0)
+    """
     if selection not in CLEAN_SELECTIONS:
         raise ValueError(f"clean_selection must be one of {CLEAN_SELECTIONS}, got {selection!r}")
-    return 0.1 if selection == "val" else 0.0
+    return CLEAN_VAL_RATIO if selection == "val" else 0.0
 
 
 def clean_test(pair, seed_sets) -> tuple[torch.Tensor, str]:
@@ -190,7 +196,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
             splits[protocol] = clean_split(pair.links, train, val_ratio=clean_selection_ratio(config.clean_selection),
                                            seed=config.seed, exclude=[legacy.train, *clean_exclude])
     if "clean" in splits and config.clean_selection == "val" and splits["clean"].val.numel() == 0:
-        raise ValueError(f"clean_selection='val' holds out 10% of the seeds, and {method}'s {train.shape[0]} "
+        raise ValueError(f"clean_selection='val' holds out {CLEAN_VAL_RATIO:.0%} of the seeds, and {method}'s {train.shape[0]} "
                          "leave none to validate on; use clean_selection='final'")
     runs = {}  # protocols that train alike share a run: the key is the validation split
     for protocol, split in splits.items():
