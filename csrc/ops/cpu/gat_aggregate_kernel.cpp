@@ -167,15 +167,15 @@ PSQE_INLINE void backward_rows(const Walk<T>& w, int64_t begin, int64_t end, con
   }
 }
 
-#define PSQE_CLONED(T)                                                                     \
-  PSQE_CLONES void cloned_aggregate_rows(const Walk<T>& w, int64_t b, int64_t e, T* acc, T* out, \
-                                           const T* low, const T* lw, int64_t r, T flush) {         \
+#define PSQE_CLONED(T)                                                                             \
+  PSQE_CLONES void cloned_aggregate_rows(const Walk<T>& w, int64_t b, int64_t e, T* acc, T* out,   \
+                                           const T* low, const T* lw, int64_t r, T flush) {        \
     aggregate_rows<T>(w, b, e, acc, out, low, lw, r, flush);                                       \
   }                                                                                                \
-  PSQE_CLONES void cloned_backward_rows(const Walk<T>& w, int64_t b, int64_t e, const T* y,      \
+  PSQE_CLONES void cloned_backward_rows(const Walk<T>& w, int64_t b, int64_t e, const T* y,        \
                                           const T* go, bool elu, T flush, T* g, T* ga, T* partial, \
                                           T* qv, T* part) {                                        \
-    backward_rows<T>(w, b, e, y, go, elu, flush, g, ga, partial, qv, part);                       \
+    backward_rows<T>(w, b, e, y, go, elu, flush, g, ga, partial, qv, part);                        \
   }
 // One overload per dtype, each cloned per ISA.
 PSQE_CLONED(float)
