@@ -37,7 +37,7 @@ def extension():
     # than one thread: torch is built with AT_PARALLEL_OPENMP, whose
     # parallel_for is an inline `#pragma omp parallel` in our own object files.
     # Python's own CFLAGS add -g; debug info for torch's templates makes each
-    # object ~30x larger and its compile ~2.5x slower, so it is off unless
+    # object ~30x larger and its compile ~2.7x slower, so it is off unless
     # PSQE_DEBUG=1 (the last -g flag wins).
     cxx = opt + ([] if debug else ["-g0"]) + ["-fopenmp", f'-DPSQE_TORCH_VERSION="{torch.__version__}"']
     kwargs = dict(name="psqe._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
