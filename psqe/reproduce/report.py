@@ -94,6 +94,7 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
 
     paper = PAPER_TABLE1.get(paper_key) if paper_key else None
     rows = [_flat(c, paper) for c in cells]
+    protocols = [p for p in PROTOCOLS if any(p in c for c in cells)]  # those with at least one entry
     quality_path = out / "seeds" / "quality.json"
     quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
@@ -104,14 +105,14 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
             "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
             _clean_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
             _markdown(qrows, ["seeds"] + QUALITY), "\n## The paper's claims on these numbers\n\n",
-            "".join(f"- {c}\n" for c in claims(cells, quality, [p for p in PROTOCOLS if any(p in c for c in cells)]))]
+            "".join(f"- {c}\n" for c in claims(cells, quality, protocols))]
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text("".join(text), encoding="utf-8"))
     atomic_write(out / "table.csv", lambda tmp: Path(tmp).write_text(rows_to_csv(rows, COLUMNS), encoding="utf-8"))
     atomic_write(out / "seed_quality.md", lambda tmp: Path(tmp).write_text(_markdown(qrows, ["seeds"] + QUALITY)))
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["seeds"] for r in rows))
     panels = []
-    for protocol in [p for p in PROTOCOLS if any(r[f"{p}_hits@1"] != "" for r in rows)]:
+    for protocol in protocols:
         h1 = {(r["model"], r["seeds"]): r[f"{protocol}_hits@1"] for r in rows}
         series = {m: [float(h1.get((model, m)) or 0.0) for model in models] for m in methods}
         panels.append((f"H@1 ({protocol} protocol) per aligner", models, series))
