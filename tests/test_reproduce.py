@@ -318,8 +318,8 @@ def test_folder_seed_sets_counts_finished_non_empty_sets(tmp_path):
     (tmp_path / "seeds").mkdir()
     for method in ("uvp", "multimodal", "psqe"):
         (tmp_path / "seeds" / f"{method}.tsv").write_text("1\t2\n3\t4\n")
-    (tmp_path / "seeds" / "quality.json").write_text(json.dumps({"multimodal": {}}))  # psqe: interrupted
-    found = _folder_seed_sets(tmp_path, {"uvp": torch.zeros(0, 2, dtype=torch.long)})
+    finished = {"multimodal": {}}  # psqe: interrupted
+    found = _folder_seed_sets(tmp_path, {"uvp": torch.zeros(0, 2, dtype=torch.long)}, finished)
     assert list(found) == ["multimodal"] and found["multimodal"].tolist() == [[1, 2], [3, 4]]
     mine = torch.tensor([[5, 6]])
-    assert list(_folder_seed_sets(tmp_path, {"psqe": mine})) == ["multimodal", "psqe"]
+    assert list(_folder_seed_sets(tmp_path, {"psqe": mine}, finished)) == ["multimodal", "psqe"]

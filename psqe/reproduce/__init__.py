@@ -184,8 +184,8 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     _write_json(saved, header)
 
     pair, data = load_pair(config, out)
-    seeds, clusters = make_seeds(config, pair, out)
-    others = _folder_seed_sets(out, seeds)
+    seeds, clusters, quality = make_seeds(config, pair, out)
+    others = _folder_seed_sets(out, seeds, quality)
     digest, record = None, before.get("clean_test")
     if "clean" in config.protocols:
         test, digest = clean_test(pair, others.values())
@@ -216,19 +216,17 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
         else:
             log.info("cell %s / %s: done earlier, reused", model, method)
         rows.append(cell)
-    write_report(out, config, pair, rows, seeds, clusters, _dataset_key(pair.name or config.dataset))
+    write_report(out, config, pair, rows, seeds, clusters, quality, _dataset_key(pair.name or config.dataset))
     return {"rows": rows}
 
 
-def _folder_seed_sets(out: Path, seeds: dict) -> dict:
+def _folder_seed_sets(out: Path, seeds: dict, finished: dict) -> dict:
     """Every finished, non-empty seed set the folder holds (this run's and earlier runs'; finished: in
-    ``seeds/quality.json``, as :func:`~psqe.reproduce.cells.make_seeds` counts them), in
-    :data:`SEED_METHODS` order. All of them stay out of the clean test, so that a resume with fewer
-    ``seeds`` keeps the test set."""
+    ``finished``, the folder's ``seeds/quality.json`` as :func:`~psqe.reproduce.cells.make_seeds` returns
+    it), in :data:`SEED_METHODS` order. All of them stay out of the clean test, so that a resume with
+    fewer ``seeds`` keeps the test set."""
     from ..seeds.io import read_seeds
 
-    quality_path = out / "seeds" / "quality.json"
-    finished = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     found = {}
     for method in SEED_METHODS:
         path = out / "seeds" / f"{method}.tsv"

@@ -58,9 +58,11 @@ def _psqe_config(config):
 def make_seeds(config, pair, out: Path):
     """Every seed set of ``config`` (global ids), computed once and kept under ``out/seeds``.
 
-    Returns ``({method: seeds}, clusters)``; ``clusters`` are PSQE's Stage I
-    labels (kept in ``psqe_clusters.pt``; None when PSQE is not among the
-    methods: the plot then shows degree buckets only).
+    Returns ``({method: seeds}, clusters, quality)``; ``clusters`` are PSQE's
+    Stage I labels (kept in ``psqe_clusters.pt``; None when PSQE is not among
+    the methods: the plot then shows degree buckets only); ``quality`` is
+    ``seeds/quality.json`` as it now stands: one entry per finished seed set
+    of the folder, this run's and earlier runs'.
     """
     from ..seeds.pipeline import baseline_seeds, generate_seeds, seed_quality
 
@@ -94,7 +96,7 @@ def make_seeds(config, pair, out: Path):
         text = json.dumps(quality, indent=2)
         atomic_write(quality_path, lambda tmp: Path(tmp).write_text(text))
         log.info("seeds %s: %d, precision %.3f", method, seeds[method].shape[0], quality[method].get("precision", float("nan")))
-    return seeds, clusters
+    return seeds, clusters, quality
 
 
 def clean_selection_ratio(selection: str) -> float:
@@ -108,18 +110,29 @@ def clean_selection_ratio(selection: str) -> float:
     return CLEAN_VAL_RATIO if selection == "val" else 0.0
 
 
-def clean_test(pair, seed_sets) -> tuple[torch.Tensor, str]:
-    """The common clean test set of a report and its digest.
+def report_clean_split(pair, train, seed_sets, selection: str = "final", seed: int = 0):
+    """The clean split of one cell of a report: trains on ``train`` and tests on the report's common test set.
 
-    Gold links that neither the community's 30% gold split nor any of
-    ``seed_sets`` (``[S, 2]`` global-id tables) touches: every row of a
-    report is then scored on the same links, and they are a subset of the
-    legacy test set.
+    The test holds the gold links that neither the community's 30% gold
+    split nor any of ``seed_sets`` (``[S, 2]`` global-id tables: every seed
+    set of the report) touches, so every row of a report is scored on the
+    same links, a subset of the legacy test set. ``train`` is one of those
+    sets (or the 30% gold split) for the test to be the common one;
+    ``selection`` says how much of it is held out to select the model
+    (:func:`clean_selection_ratio`), drawn with ``seed``.
     """
-    from ..align import clean_split, legacy_split, pairs_digest
+    from ..align import clean_split, legacy_split
 
     gold = legacy_split(pair.links, seed=42).train
-    test = clean_split(pair.links, gold, val_ratio=0.0, exclude=list(seed_sets)).test
+    return clean_split(pair.links, train, val_ratio=clean_selection_ratio(selection), seed=seed,
+                       exclude=[gold, *seed_sets])
+
+
+def clean_test(pair, seed_sets) -> tuple[torch.Tensor, str]:
+    """The common clean test set of a report (:func:`report_clean_split`) and its digest."""
+    from ..align import legacy_split, pairs_digest
+
+    test = report_clean_split(pair, legacy_split(pair.links, seed=42).train, list(seed_sets)).test
     return test, pairs_digest(test)
 
 
@@ -173,8 +186,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     """Train ``model_name`` on one seed set (or 30% gold) and evaluate it under ``protocols`` (default: ``config``'s).
 
     The clean test excludes the 30% gold split and ``clean_exclude`` (the
-    other seed sets of the report) besides this cell's own training pairs
-    (:func:`clean_test`). Protocols without a validation split (legacy, and
+    seed sets of the report) besides this cell's own training pairs
+    (:func:`report_clean_split`). Protocols without a validation split (legacy, and
     clean with ``config.clean_selection == "final"``) train the same model
     on the same pairs, so they share one training run (``shared_run``).
 
@@ -183,7 +196,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     ``added_pairs`` (:func:`added_pairs`) when training added pairs, and for
     clean ``selection`` and ``test_digest``.
     """
-    from ..align import build_aligner, clean_split, embed, evaluate, fit, legacy_split, pairs_digest
+    from ..align import build_aligner, embed, evaluate, fit, legacy_split, pairs_digest
 
     legacy = legacy_split(pair.links, seed=42)
     train = legacy.train if seeds is None else seeds
@@ -193,8 +206,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         if protocol == "legacy":
             splits[protocol] = legacy_split(pair.links, seed=42, seeds=seeds)
         else:
-            splits[protocol] = clean_split(pair.links, train, val_ratio=clean_selection_ratio(config.clean_selection),
-                                           seed=config.seed, exclude=[legacy.train, *clean_exclude])
+            splits[protocol] = report_clean_split(pair, train, clean_exclude, config.clean_selection, config.seed)
     if "clean" in splits and config.clean_selection == "val" and splits["clean"].val.numel() == 0:
         raise ValueError(f"clean_selection='val' holds out {CLEAN_VAL_RATIO:.0%} of the seeds, and {method}'s {train.shape[0]} "
                          "leave none to validate on; use clean_selection='final'")

@@ -8,7 +8,6 @@ comparison is of deltas, not of absolute values.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..features._util import atomic_write
@@ -88,15 +87,17 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
     return out
 
 
-def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, clusters, paper_key: str | None) -> None:
-    """Write table.md/csv, seed_quality.md, h1.svg and seed_distribution.svg into ``out`` (atomically)."""
+def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, clusters, quality: dict,
+                 paper_key: str | None) -> None:
+    """Write table.md/csv, seed_quality.md, h1.svg and seed_distribution.svg into ``out`` (atomically).
+
+    ``quality``: the folder's seed quality, one entry per finished seed set
+    (:func:`~psqe.reproduce.cells.make_seeds`)."""
     from . import PAPER_TABLE1
 
     paper = PAPER_TABLE1.get(paper_key) if paper_key else None
     rows = [_flat(c, paper) for c in cells]
     protocols = [p for p in PROTOCOLS if any(p in c for c in cells)]  # those with at least one entry
-    quality_path = out / "seeds" / "quality.json"
-    quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
     text = [f"# psqe reproduce: {pair.name or config.dataset}, setting {config.setting}\n\n",
             f"Budget {config.budget}; epochs {f'{config.epochs} (schedules scaled)' if config.epochs else 'model defaults'}; Stage II epochs "
