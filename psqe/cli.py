@@ -124,6 +124,9 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-selection", choices=["final", "val"], default="final",
                    help="clean protocol: keep the last epoch (default) or the best on 10%% of the seeds held out")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the aligners' training alone (default: --seed); another one over the same seeds "
+                        "measures the run-to-run spread")
     p.add_argument("--device", default="cpu")
 
 
@@ -136,8 +139,8 @@ def _align_or_reproduce(args, parser) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available")
     common = dict(setting=args.setting, protocols=names(args.protocols), clean_selection=args.clean_selection,
-                  epochs=args.epochs, surface=args.surface, seed=args.seed, device=args.device, root=args.root,
-                  features=args.features, cache_dir=args.cache_dir)
+                  epochs=args.epochs, surface=args.surface, seed=args.seed, train_seed=args.train_seed,
+                  device=args.device, root=args.root, features=args.features, cache_dir=args.cache_dir)
     try:
         if args.command == "align":
             config = ReproduceConfig(dataset=args.dataset, models=(args.model.lower(),), seeds=(), supervised=True, **common)

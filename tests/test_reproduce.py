@@ -109,6 +109,33 @@ def test_resume_refuses_a_changed_config(report, dataset, capsys):
         main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(report), *args])
 
 
+def test_train_seed_moves_training_only(report, dataset, tmp_path):
+    """--train-seed reseeds the aligners, not the seed sets; equal to --seed it changes nothing."""
+    folder, features, _ = dataset
+    base = ["reproduce", "--dataset", str(folder), "--features", str(features), *ARGS, "--seeds", "uvp",
+            "--no-supervised", "--protocols", "legacy"]
+    before = json.loads((report / "cells" / "eva__uvp.json").read_text())["legacy"]
+    assert main([*base, "--out", str(tmp_path / "same"), "--train-seed", "0"]) == 0  # ARGS' --seed
+    same = json.loads((tmp_path / "same" / "cells" / "eva__uvp.json").read_text())["legacy"]
+    assert _timeless(same) == {**_timeless(before), "commit": same["commit"]}
+    other = tmp_path / "other"
+    assert main([*base, "--out", str(other), "--train-seed", "1"]) == 0
+    assert (other / "seeds" / "uvp.tsv").read_text() == (report / "seeds" / "uvp.tsv").read_text()
+    moved = json.loads((other / "cells" / "eva__uvp.json").read_text())["legacy"]
+    assert moved["queries"] == before["queries"] and (moved["hits@1"], moved["mrr"]) != (before["hits@1"], before["mrr"])
+    assert json.loads((other / "config.json").read_text())["config"]["train_seed"] == 1
+    assert "seed 0 (the aligners train with seed 1)." in (other / "table.md").read_text()
+    assert "train with seed" not in (tmp_path / "same" / "table.md").read_text()
+    from psqe.reproduce.summary import summary_rows
+
+    assert [r["train_seed"] for r in summary_rows([report, other]) if r["protocol"] == "legacy"] == [0, 1]
+    with pytest.raises(ValueError, match="different train_seed"):
+        main([*base, "--out", str(other), "--train-seed", "2"])
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "bad"), "--train-seed", "-1"])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_adds_a_protocol(dataset, tmp_path):
     """A resume with more protocols runs only the missing ones; the finished ones stay as they were."""
     folder, features, _ = dataset
@@ -206,7 +233,7 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     (partial / "cells" / "eva__uvp.json").write_text((report / "cells" / "eva__uvp.json").read_text())
     row = summary_rows([partial])[0]
     assert row["psqe"] is None and row["psqe_minus_type1"] is None and row["type1"] == cells["uvp"]["legacy"]["hits@1"]
-    assert "| partial | eva | legacy | 30 | 588 |  | " in summary_markdown([row])
+    assert "| partial | eva | legacy | 30 | 0 | 588 |  | " in summary_markdown([row])
     # clean entries on different test sets are flagged, not compared silently
     mixed = json.loads((report / "cells" / "eva__psqe.json").read_text())
     mixed["clean"] = {**mixed["clean"], "test_digest": "0" * 16, "queries": 1}

@@ -94,7 +94,11 @@ class ReproduceConfig:
             (:func:`psqe.align.build_aligner`; None: each model's default).
         psqe_epochs: overrides Stage II's tuning epochs (None: 300).
         surface: the aligners' "w/ surface" switch (names and characters).
-        seed: random seed of seeds, features and training.
+        seed: random seed of seeds, features and (unless ``train_seed``) training.
+        train_seed: random seed of the aligners' training alone (initialisation,
+            batch order, dropout, the clean validation draw); None: ``seed``.
+            Two folders over the same seed sets (copy ``seeds/``) that differ
+            only here measure how far the numbers move from run to run.
     """
 
     dataset: str
@@ -109,6 +113,7 @@ class ReproduceConfig:
     psqe_epochs: int | None = None
     surface: bool = False
     seed: int = 42
+    train_seed: int | None = None
     device: str = "cpu"
     root: str | None = None
     features: str | None = None
@@ -134,9 +139,14 @@ class ReproduceConfig:
                              f"got {self.clean_selection!r}")
         if self.setting not in ("R0", "R1", "R2"):
             raise ValueError(f"reproduce: setting must be R0, R1 or R2, got {self.setting!r}")
-        for name in ("epochs", "psqe_epochs"):
+        for name in ("epochs", "psqe_epochs", "train_seed"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"reproduce: {name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed the aligners train with: ``train_seed``, or ``seed`` when that is None."""
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 def _write_json(path: Path, obj) -> None:

@@ -206,7 +206,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         if protocol == "legacy":
             splits[protocol] = legacy_split(pair.links, seed=42, seeds=seeds)
         else:
-            splits[protocol] = report_clean_split(pair, train, clean_exclude, config.clean_selection, config.seed)
+            splits[protocol] = report_clean_split(pair, train, clean_exclude, config.clean_selection, config.training_seed)
     if "clean" in splits and config.clean_selection == "val" and splits["clean"].val.numel() == 0:
         raise ValueError(f"clean_selection='val' holds out {CLEAN_VAL_RATIO:.0%} of the seeds, and {method}'s {train.shape[0]} "
                          "leave none to validate on; use clean_selection='final'")
@@ -216,13 +216,13 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     for group in runs.values():
         first = splits[group[0]].to_pair_index(data)
         indexed = {p: first if p == group[0] else splits[p].to_pair_index(data) for p in group}
-        model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.seed,
+        model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.training_seed,
                                             epochs=config.epochs)
-        changes = {"seed": config.seed, "device": config.device}
+        changes = {"seed": config.training_seed, "device": config.device}
         if first.val.numel():
             changes["eval_every"] = max(1, train_config.epochs // 10)
         train_config = dataclasses.replace(train_config, **changes)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.training_seed)
         result = fit(model.to(config.device), data, first.train, train_config,
                      val_pairs=first.val if first.val.numel() else None, progress=progress)
         embeddings = embed(model, data)

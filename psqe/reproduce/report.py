@@ -87,6 +87,10 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
     return out
 
 
+def _training_seed_note(config) -> str:
+    return "" if config.training_seed == config.seed else f" (the aligners train with seed {config.training_seed})"
+
+
 def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, clusters, quality: dict,
                  paper_key: str | None) -> None:
     """Write table.md/csv, seed_quality.md, h1.svg and seed_distribution.svg into ``out`` (atomically).
@@ -101,7 +105,7 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
     text = [f"# psqe reproduce: {pair.name or config.dataset}, setting {config.setting}\n\n",
             f"Budget {config.budget}; epochs {f'{config.epochs} (schedules scaled)' if config.epochs else 'model defaults'}; Stage II epochs "
-            f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}; seed {config.seed}. "
+            f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}; seed {config.seed}{_training_seed_note(config)}. "
             f"`{SUPERVISED}`: trained on 30% gold links. Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside "
             "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
             _clean_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",

@@ -1,6 +1,6 @@
 """One table over many ``psqe reproduce`` folders: does PSQE beat Type I and Type II, per model and setting?
 
-Each folder's ``config.json`` names the dataset, setting and epochs; its
+Each folder's ``config.json`` names the dataset, setting, epochs and training seed; its
 ``cells/*.json`` hold the numbers. A row is one (folder, model, protocol):
 H@1 of the 30%-gold reference and of each seed set, PSQE's margin over
 Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 margin
@@ -29,8 +29,8 @@ from pathlib import Path
 from ..align.metrics import PROTOCOLS
 from . import PAPER_TABLE1, SUPERVISED, _dataset_key
 
-COLUMNS = ["report", "model", "protocol", "epochs", "test_links", "supervised30", "type1", "type2", "psqe",
-           "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
+COLUMNS = ["report", "model", "protocol", "epochs", "train_seed", "test_links", "supervised30", "type1", "type2",
+           "psqe", "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
 
 
 def _load_json(path: Path) -> dict:
@@ -67,6 +67,7 @@ def summary_rows(folders) -> list[dict]:
                     continue
                 tests = {(c[protocol].get("queries"), c[protocol].get("test_digest")) for c in mine.values() if protocol in c}
                 row = {"report": folder.name, "model": model, "protocol": protocol, "epochs": config.get("epochs"),
+                       "train_seed": config.get("seed") if config.get("train_seed") is None else config["train_seed"],
                        "test_links": _count(next(iter(tests))[0]) if len(tests) == 1 else "differs",
                        "supervised30": h1.get(SUPERVISED), "type1": h1.get("uvp"), "type2": h1.get("multimodal"),
                        "psqe": h1.get("psqe"), "psqe_pairs": mine.get("psqe", {}).get("train_pairs")}
