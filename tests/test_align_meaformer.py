@@ -110,6 +110,34 @@ def test_same_seed_same_embedding():
     assert torch.equal(joints[0], joints[1])
 
 
+def test_batch_rows_are_the_full_pass_rows():
+    """Training on the batch's rows (rows_per_batch) computes what the full pass computes for them."""
+    data = AlignData.from_pair(make_pair(200, seed=2))
+    config = MEAformerConfig(hidden=16, intermediate=24, dropout=0.0)
+    model = MEAformer(data, config, seed=5)
+    nodes = torch.tensor([3, 17, 150, 201, 399])
+    full, part = model(data), model(data, nodes=nodes)
+    assert set(part) == set(full)
+    for key in full:
+        torch.testing.assert_close(part[key], full[key][nodes])
+    pairs = torch.tensor([[3, 201], [17, 399]])
+    local = torch.tensor([[0, 3], [1, 4]])
+    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs))
+    # a few epochs of several steps each: the same model either way (no dropout to draw)
+    joints = []
+    for rows in (True, False):
+        model = MEAformer(data, config, seed=5)
+        model.rows_per_batch = rows
+        seen = []
+        model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("nodes")), with_kwargs=True)
+        fit(model, data, data.links[:50], meaformer_train_config(epochs=3, batch_size=20, seed=1), progress=False)
+        assert len(seen) == 9  # 3 batches (20, 20, 10 pairs) a step each, 3 epochs
+        assert all(n is None for n in seen) if not rows else [n.numel() for n in seen[:3]] == [40, 40, 20]
+        model.eval()
+        joints.append(model(data)["joint"].detach())
+    torch.testing.assert_close(joints[0], joints[1], atol=1e-5, rtol=1e-4)
+
+
 def test_train_config_and_bad_config():
     cfg = meaformer_train_config()
     assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (5e-4, 1e-4, 3500, 250)

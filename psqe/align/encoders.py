@@ -110,8 +110,10 @@ class ModalityEncoders(nn.Module):
         heads, layers, dropout, attention_dropout: of the graph attention.
         who: the model's name in log lines.
 
-    ``forward(data)`` returns modality -> ``[N, dims[m]]`` for :attr:`modalities`.
-    The caller seeds the parameter initialisation.
+    ``forward(data)`` returns modality -> ``[N, dims[m]]`` for :attr:`modalities`;
+    ``forward(data, nodes)`` the rows of the entities ``nodes`` only (``[len(nodes), dims[m]]``:
+    the graph attention still runs over every entity, the linears only over
+    ``nodes``). The caller seeds the parameter initialisation.
     """
 
     def __init__(self, data: AlignData, dims: Mapping[str, int], surface: bool = False, heads: int = 2,
@@ -130,16 +132,18 @@ class ModalityEncoders(nn.Module):
         self.dims = {m: int(dims[m]) for m in self.modalities}
         log.info("%s: modalities %s", who, {m: self.sources.get(m, "structure") for m in self.modalities})
 
-    def forward(self, data: AlignData) -> dict[str, Tensor]:
+    def forward(self, data: AlignData, nodes: Tensor | None = None) -> dict[str, Tensor]:
         if data.num_entities != self.num_entities:
             raise ValueError(f"the encoders were built for {self.num_entities} entities, "
                              f"the data has {data.num_entities}")
         out = {}
         for m in self.modalities:
             if m == "graph":
-                out[m] = self.structure(data.attention_graph())
+                graph = self.structure(data.attention_graph())
+                out[m] = graph if nodes is None else graph[nodes]
             else:
                 x = data.features[self.sources[m]]
+                x = x if nodes is None else x[nodes]
                 out[m] = self.linears[m](F.normalize(x, dim=1) if m in NORMALISED else x)
         return out
 

@@ -6,7 +6,11 @@ one evaluated), ``loss(outputs, pairs) -> Tensor`` (``pairs``: a batch of
 int64 ``[B, 2]`` pair-index training pairs), optionally ``on_epoch_end(epoch, data)``
 and ``extra_train_pairs() -> Tensor`` (pairs the model adds itself, e.g.
 PCMEA's pseudo-links: shuffled and batched with the training pairs each epoch,
-so that more pairs make more batches of ``batch_size``, not bigger ones).
+so that more pairs make more batches of ``batch_size``, not bigger ones). A
+model whose loss reads only its batch's rows may set ``rows_per_batch = True``
+(MEAformer): a training step then calls ``forward(data, nodes=...)`` with
+the step's entities (sorted) and gives ``loss`` the pairs as positions in
+that list.
 
 **An epoch** shuffles the training pairs (generator seeded by ``seed``) into
 batches. ``step_per_batch=False`` (EVA, MCLEA): one forward pass, batch losses
@@ -269,10 +273,25 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     return result
 
 
+def _batch_rows(group: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The entities of a step's batches (sorted) and the batches in positions of that list.
+
+    >>> nodes, local = _batch_rows([torch.tensor([[7, 12], [3, 10]])])
+    >>> nodes.tolist(), local[0].tolist()
+    ([3, 7, 10, 12], [[1, 3], [0, 2]])
+    """
+    nodes = torch.unique(torch.cat(group).flatten())
+    return nodes, [torch.searchsorted(nodes, b) for b in group]
+
+
 def _step(model, data, group, optimizer, scaler, params, cfg: TrainConfig, amp: bool) -> float:
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(data.device.type, dtype=torch.float16, enabled=amp):
-        out = model(data)
+        if getattr(model, "rows_per_batch", False):  # the model computes the batch's entities only
+            nodes, group = _batch_rows(group)
+            out = model(data, nodes=nodes)
+        else:
+            out = model(data)
         loss = sum(model.loss(out, b) for b in group)
     scaler.scale(loss).backward()
     if cfg.grad_clip is not None:
