@@ -8,6 +8,11 @@ Recorded in ``extra_info``: seconds per epoch (the first epoch included, so
 an upper bound), the projection to the aligner's default epoch count
 (``projected_seconds_default_epochs``), and the process's peak RSS.
 Only with ``--bench-big`` (minutes per aligner on a 2-core CPU).
+
+``test_meaformer_batch_rows`` times MEAformer on 1,000 of those pairs (a
+reproduce cell's size) with each step computed on its batch's entities
+(``psqe``, the default) and with the full pass over every entity each step
+(``full-pass``, the authors' way; ``rows_per_batch = False``), side by side.
 """
 from __future__ import annotations
 
@@ -36,28 +41,31 @@ pair = load_dataset(args["dataset"])
 load_feature_set(pair, args["features"])
 data = AlignData.from_pair(pair)
 split = legacy_split(pair.links, seed=42).to_pair_index(data)
+train = split.train if args.get("pairs") is None else split.train[:args["pairs"]]
 model, cfg = build_aligner(args["model"], data, seed=0)
+if "rows_per_batch" in args:
+    model.rows_per_batch = args["rows_per_batch"]
 default_epochs = cfg.epochs
 cfg = dataclasses.replace(cfg, epochs=args["epochs"])
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
-result = fit(model, data, split.train, cfg, progress=False)
+result = fit(model, data, train, cfg, progress=False)
 with open("/proc/self/status") as f:
     peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
 per_epoch = result.seconds / args["epochs"]
 print(json.dumps({"model": args["model"], "epochs": args["epochs"], "seconds": result.seconds,
                   "seconds_per_epoch": per_epoch, "default_epochs": default_epochs,
                   "projected_seconds_default_epochs": per_epoch * default_epochs, "peak_rss_mb": peak,
-                  "train_pairs": int(split.train.shape[0]), "threads": torch.get_num_threads(),
+                  "train_pairs": int(train.shape[0]), "threads": torch.get_num_threads(),
                   "parameters": sum(p.numel() for p in model.parameters())}))
 """
 
 
-def _run(dataset, features, model: str) -> dict:
+def _run(dataset, features, model: str, **extra) -> dict:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    args = {"dataset": str(dataset), "features": str(features), "model": model, "epochs": EPOCHS[model]}
+    args = {"dataset": str(dataset), "features": str(features), "model": model, "epochs": EPOCHS[model], **extra}
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
@@ -75,3 +83,16 @@ def test_aligner_epoch_time_dbp15k(benchmark, model):
     result = pedantic(benchmark, _run, args=(dataset, features, model), rounds=1)
     record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
     assert result["seconds_per_epoch"] > 0
+
+
+@pytest.mark.big
+@pytest.mark.parametrize("impl", ["psqe", "full-pass"])
+def test_meaformer_batch_rows(benchmark, impl):
+    dataset, features = _dataset(), _feature_file()
+    if dataset is None or features is None:
+        pytest.skip("needs DBP15K zh_en ($PSQE_DATA or ../shared/data) and its R2 feature file ($PSQE_BENCH_FEATURES)")
+    benchmark.group = "MEAformer on DBP15K zh_en R2, 1,000 pairs: batch rows vs full pass (fresh process)"
+    result = pedantic(benchmark, _run, args=(dataset, features, "meaformer"),
+                      kwargs={"pairs": 1000, "rows_per_batch": impl == "psqe"}, rounds=1)
+    record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
+    assert result["train_pairs"] == 1000 and result["seconds_per_epoch"] > 0
