@@ -83,8 +83,17 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
             continue
         held = all(ours > v for v in others.values())
         out.append(f"{model}: PSQE seeds give the best H@1 ({protocol}): {'held' if held else 'not held'} "
-                   f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({ours - v:+.3f})" for s, v in others.items()) + ")")
+                   f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)})" for s, v in others.items()) + ")")
     return out
+
+
+def _margin(delta: float) -> str:
+    """A signed H@1 margin to 3 decimals, or to 4 where 3 would show it as zero.
+
+    >>> _margin(0.0412), _margin(0.0004), _margin(0.0)
+    ('+0.041', '+0.0004', '+0.000')
+    """
+    return f"{delta:+.4f}" if 0 < abs(delta) < 0.0005 else f"{delta:+.3f}"
 
 
 def _training_seed_note(config) -> str:
