@@ -138,6 +138,10 @@ def _align_or_reproduce(args, parser) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available")
+    for flag in ("epochs", "train_seed", "psqe_epochs"):  # named as the user typed them
+        value = getattr(args, flag, None)
+        if value is not None and value < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
     common = dict(setting=args.setting, protocols=names(args.protocols), clean_selection=args.clean_selection,
                   epochs=args.epochs, surface=args.surface, seed=args.seed, train_seed=args.train_seed,
                   device=args.device, root=args.root, features=args.features, cache_dir=args.cache_dir)

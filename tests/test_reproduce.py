@@ -109,7 +109,7 @@ def test_resume_refuses_a_changed_config(report, dataset, capsys):
         main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(report), *args])
 
 
-def test_train_seed_moves_training_only(report, dataset, tmp_path):
+def test_train_seed_moves_training_only(report, dataset, tmp_path, capsys):
     """--train-seed reseeds the aligners, not the seed sets; equal to --seed it changes nothing."""
     folder, features, _ = dataset
     base = ["reproduce", "--dataset", str(folder), "--features", str(features), *ARGS, "--seeds", "uvp",
@@ -129,11 +129,47 @@ def test_train_seed_moves_training_only(report, dataset, tmp_path):
     from psqe.reproduce.summary import summary_rows
 
     assert [r["train_seed"] for r in summary_rows([report, other]) if r["protocol"] == "legacy"] == [0, 1]
+    assert moved["train_seed"] == 1 and same["train_seed"] == 0  # each entry names its training seed
     with pytest.raises(ValueError, match="different train_seed"):
         main([*base, "--out", str(other), "--train-seed", "2"])
+    # a folder made without --train-seed trains with --seed: spelling that seed out is no change
+    import shutil
+
+    resumed = shutil.copytree(report, tmp_path / "resumed")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (resumed / "cells").glob("*.json")}
+    assert main([*base, "--out", str(resumed), "--train-seed", "0"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (resumed / "cells").glob("*.json")} == mtimes
+    assert json.loads((resumed / "config.json").read_text())["config"]["train_seed"] is None
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "bad"), "--train-seed", "-1"])
     assert not (tmp_path / "bad").exists()
+    assert "--train-seed must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog):
+    """A seed set copied from another folder is reused only when made with this run's settings."""
+    import shutil
+
+    folder, features, _ = dataset
+    quality = json.loads((report / "seeds" / "quality.json").read_text())
+    assert quality["uvp"]["made_with"] == {"dataset": str(folder), "setting": "R2", "budget": 150, "seed": 0,
+                                           "psqe_epochs": 5}
+    base = ["reproduce", "--dataset", str(folder), "--features", str(features), "--models", "eva", "--epochs", "30",
+            "--psqe-epochs", "5", "--seeds", "uvp", "--no-supervised", "--protocols", "legacy"]
+    copy = tmp_path / "copy"
+    shutil.copytree(report / "seeds", copy / "seeds")
+    with pytest.raises(ValueError, match=r"uvp.tsv was made with budget 150 \(this run: 160\)"):
+        main([*base, "--budget", "160", "--seed", "0", "--out", str(copy)])
+    with pytest.raises(ValueError, match=r"seed 0 \(this run: 3\)"):
+        main([*base, "--budget", "150", "--seed", "3", "--out", str(copy)])
+    assert sorted(p.name for p in copy.iterdir()) == ["seeds"]  # refused before anything was written
+    # an entry from before the settings were recorded is reused, with a warning naming the file
+    del quality["uvp"]["made_with"]
+    (copy / "seeds" / "quality.json").write_text(json.dumps(quality))
+    with caplog.at_level("WARNING", logger="psqe.reproduce.cells"):
+        assert main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)]) == 0
+    assert "uvp.tsv: made before seed sets recorded their settings" in caplog.text
+    assert (copy / "seeds" / "uvp.tsv").read_text() == (report / "seeds" / "uvp.tsv").read_text()
 
 
 def test_resume_adds_a_protocol(dataset, tmp_path):
@@ -242,6 +278,10 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     assert clean_row["test_links"] == "differs"
     with pytest.raises(ValueError, match="no config.json"):
         summary_rows([tmp_path])
+    # a margin of 4 links in 10,000 is shown, not rounded to +0.000
+    tiny = {**row, "psqe": 0.2329, "type1": 0.2128, "type2": 0.2325, "psqe_minus_type1": 0.0201,
+            "psqe_minus_type2": 0.0004}
+    assert "| +0.020 | +0.0004 |" in summary_markdown([tiny])
 
 
 def test_align_command(dataset, tmp_path, capsys):

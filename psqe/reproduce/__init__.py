@@ -173,7 +173,7 @@ def _dataset_key(pair_name: str) -> str | None:
 
 def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) every cell of ``config`` into ``out``; returns the table rows."""
-    from .cells import clean_test, load_pair, make_seeds, run_cell
+    from .cells import check_seed_files, clean_test, load_pair, make_seeds, run_cell
     from .report import write_report
 
     out = Path(out)
@@ -183,6 +183,8 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     if saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
         previous = before["config"]
+        if (previous.get("seed") if previous.get("train_seed") is None else previous["train_seed"]) == config.training_seed:
+            mine["train_seed"] = previous.get("train_seed")  # the same training seed, however it was spelled
         changed = {k for k in mine if json.dumps(mine[k], default=str) != json.dumps(previous.get(k), default=str)
                    and k not in _MAY_CHANGE}
         if changed:
@@ -190,6 +192,7 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
                              f"use another --out folder (only {' / '.join(_MAY_CHANGE)} may change on resume)")
         # the folder's cells keep every protocol run so far: config.json says so
         mine["protocols"] = list(dict.fromkeys([*previous.get("protocols", []), *config.protocols]))
+    check_seed_files(config, out)  # before config.json is written: a refused run leaves the folder as it was
     header = {"config": mine, "versions": _versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_json(saved, header)
 

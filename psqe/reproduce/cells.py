@@ -55,6 +55,41 @@ def _psqe_config(config):
     return cfg.replace(tuning={"epochs": config.psqe_epochs}) if config.psqe_epochs is not None else cfg
 
 
+#: The settings a seed set depends on, recorded with it in ``seeds/quality.json`` (``made_with``).
+SEED_SETTINGS = ("dataset", "setting", "budget", "seed", "psqe_epochs")
+
+
+def _seed_settings(config) -> dict:
+    return {k: getattr(config, k) for k in SEED_SETTINGS}
+
+
+def _check_reused(path: Path, entry: dict, config) -> None:
+    """Refuse a seed set (e.g. copied from another folder) made with other settings than ``config``'s."""
+    made = entry.get("made_with")
+    if made is None:
+        log.warning("%s: made before seed sets recorded their settings; reused as it is", path)
+        return
+    mine = _seed_settings(config)
+    differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in SEED_SETTINGS if made.get(k) != mine[k]]
+    if differ:
+        raise ValueError(f"reproduce: {path} was made with {'; '.join(differ)}; remove it (and its entry in "
+                         f"quality.json) to make it again, or use another --out folder")
+
+
+def check_seed_files(config, out: Path, quality: dict | None = None) -> None:
+    """Refuse seed sets in ``out/seeds`` (copied there, say) made with other settings than ``config``'s.
+
+    ``quality``: ``seeds/quality.json`` when the caller has read it already.
+    """
+    quality_path = out / "seeds" / "quality.json"
+    if quality is None:
+        quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
+    for method in config.seeds:
+        path = out / "seeds" / f"{method}.tsv"
+        if path.exists() and method in quality:
+            _check_reused(path, quality[method], config)
+
+
 def make_seeds(config, pair, out: Path):
     """Every seed set of ``config`` (global ids), computed once and kept under ``out/seeds``.
 
@@ -71,6 +106,7 @@ def make_seeds(config, pair, out: Path):
     kinds = {"uvp": "type1", "multimodal": "type2", "psqe": "psqe"}
     quality_path = folder / "quality.json"
     quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
+    check_seed_files(config, out, quality)
     seeds = {}
     clusters_path = folder / "psqe_clusters.pt"
     clusters = torch.load(clusters_path) if clusters_path.exists() else None
@@ -78,7 +114,7 @@ def make_seeds(config, pair, out: Path):
     # PSQE first: its Stage I clusters enter every seed set's cluster balance.
     for method in sorted(config.seeds, key=lambda m: m != "psqe"):
         path = folder / f"{method}.tsv"
-        if path.exists() and method in quality:
+        if path.exists() and method in quality:  # checked by check_seed_files
             seeds[method] = read_seeds(path)
             continue
         start = time.perf_counter()
@@ -91,7 +127,7 @@ def make_seeds(config, pair, out: Path):
             seeds[method] = baseline_seeds(pair.kg1, pair.kg2, kinds[method], cfg)
             stages = {}
         quality[method] = {**seed_quality(pair, seeds[method], clusters), "seconds": round(time.perf_counter() - start, 2),
-                           "stages": stages}
+                           "stages": stages, "made_with": _seed_settings(config)}
         atomic_write(path, lambda tmp, s=seeds[method]: Path(tmp).write_text(tsv_text(s)))
         text = json.dumps(quality, indent=2)
         atomic_write(quality_path, lambda tmp: Path(tmp).write_text(text))
@@ -192,7 +228,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     on the same pairs, so they share one training run (``shared_run``).
 
     Each protocol's entry holds the metrics of :func:`psqe.align.evaluate`,
-    ``seconds``, ``epochs``, ``best_epoch``, ``commit`` (:func:`code_commit`),
+    ``seconds``, ``epochs``, ``best_epoch``, ``train_seed`` (the seed it trained
+    with), ``commit`` (:func:`code_commit`),
     ``added_pairs`` (:func:`added_pairs`) when training added pairs, and for
     clean ``selection`` and ``test_digest``.
     """
@@ -231,7 +268,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
             metrics = evaluate(embeddings, indexed[protocol], data)
             entry = {**{k: v if isinstance(v, int) else round(float(v), 4) for k, v in metrics.items()},
                      "seconds": round(result.seconds, 1),
-                     "epochs": train_config.epochs, "best_epoch": result.best_epoch, "commit": code_commit()}
+                     "epochs": train_config.epochs, "best_epoch": result.best_epoch, "train_seed": config.training_seed,
+                     "commit": code_commit()}
             if protocol == "clean":
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
             if protocol != group[0]:

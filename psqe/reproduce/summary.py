@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..align.metrics import PROTOCOLS
 from . import PAPER_TABLE1, SUPERVISED, _dataset_key
+from .report import _margin
 
 COLUMNS = ["report", "model", "protocol", "epochs", "train_seed", "test_links", "supervised30", "type1", "type2",
            "psqe", "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
@@ -73,18 +74,21 @@ def summary_rows(folders) -> list[dict]:
                        "psqe": h1.get("psqe"), "psqe_pairs": mine.get("psqe", {}).get("train_pairs")}
                 for other, column in (("type1", "psqe_minus_type1"), ("type2", "psqe_minus_type2")):
                     both = row["psqe"] is not None and row[other] is not None
-                    row[column] = round(row["psqe"] - row[other], 3) if both else None
+                    row[column] = round(row["psqe"] - row[other], 4) if both else None
                 row["paper_delta"] = _paper_delta(config.get("dataset", folder.name), model)
                 rows.append(row)
     return rows
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    """The rows as a Markdown table (H@1 to three decimals, margins signed, empty where a cell is missing)."""
+    """The rows as a Markdown table (H@1 to three decimals, margins signed, to four where three would
+    show zero, empty where a cell is missing)."""
     def fmt(column, value):
         if value is None:
             return ""
-        if column.startswith("psqe_minus") or column == "paper_delta":
+        if column.startswith("psqe_minus"):
+            return _margin(value)
+        if column == "paper_delta":
             return f"{value:+.3f}"
         return f"{value:.3f}" if isinstance(value, float) else str(value)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
