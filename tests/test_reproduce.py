@@ -390,3 +390,17 @@ def test_folder_seed_sets_counts_finished_non_empty_sets(tmp_path):
     assert list(found) == ["multimodal"] and found["multimodal"].tolist() == [[1, 2], [3, 4]]
     mine = torch.tensor([[5, 6]])
     assert list(_folder_seed_sets(tmp_path, {"psqe": mine}, finished)) == ["multimodal", "psqe"]
+
+
+def test_claims_give_tiny_margins_in_links():
+    """A margin under 0.001 H@1 is shown to 4 decimals with the test links it stands for; 'held' is strict."""
+    from psqe.reproduce.report import claims
+
+    def cell(seeds, h1):
+        return {"model": "meaformer", "seeds": seeds, "clean": {"hits@1": h1, "queries": 9329}}
+
+    lines = claims([cell("uvp", 0.2128), cell("multimodal", 0.2325), cell("psqe", 0.2329)], {}, ("clean",))
+    assert lines == ["meaformer: PSQE seeds give the best H@1 (clean): held (PSQE 0.233; uvp 0.213 (+0.020), "
+                     "multimodal 0.233 (+0.0004, about 4 of 9,329 test links))"]
+    tie = claims([cell("uvp", 0.2128), cell("psqe", 0.2128)], {}, ("clean",))
+    assert "not held" in tie[0] and "(+0.000)" in tie[0]

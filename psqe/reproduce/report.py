@@ -82,9 +82,22 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
         if ours is None or not others:
             continue
         held = all(ours > v for v in others.values())
+        queries = next(c.get(protocol, {}).get("queries") for c in cells if (c["model"], c["seeds"]) == (model, "psqe"))
         out.append(f"{model}: PSQE seeds give the best H@1 ({protocol}): {'held' if held else 'not held'} "
-                   f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)})" for s, v in others.items()) + ")")
+                   f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)}{_in_links(ours - v, queries)})"
+                                                     for s, v in others.items()) + ")")
     return out
+
+
+def _in_links(delta: float, queries) -> str:
+    """For a non-zero margin under 0.001 H@1, about how many test links it is (H@1 is kept to 4 decimals).
+
+    >>> _in_links(0.0004, 9329), _in_links(0.02, 9329), _in_links(0.0004, None)
+    (', about 4 of 9,329 test links', '', '')
+    """
+    if not queries or not 0 < abs(delta) < 0.001:
+        return ""
+    return f", about {round(abs(delta) * queries):,} of {int(queries):,} test links"
 
 
 def _margin(delta: float) -> str:
