@@ -163,6 +163,12 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
     with pytest.raises(ValueError, match=r"seed 0 \(this run: 3\)"):
         main([*base, "--budget", "150", "--seed", "3", "--out", str(copy)])
     assert sorted(p.name for p in copy.iterdir()) == ["seeds"]  # refused before anything was written
+    # the default Stage II epochs spelled out are the same setting
+    from psqe.reproduce import ReproduceConfig
+    from psqe.reproduce.cells import _seed_settings
+
+    made = [_seed_settings(ReproduceConfig(dataset="x", models=("eva",), psqe_epochs=e))["psqe_epochs"] for e in (None, 300)]
+    assert made == [300, 300]
     # an entry from before the settings were recorded is reused, with a warning naming the file
     del quality["uvp"]["made_with"]
     (copy / "seeds" / "quality.json").write_text(json.dumps(quality))

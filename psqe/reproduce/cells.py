@@ -60,7 +60,8 @@ SEED_SETTINGS = ("dataset", "setting", "budget", "seed", "psqe_epochs")
 
 
 def _seed_settings(config) -> dict:
-    return {k: getattr(config, k) for k in SEED_SETTINGS}
+    """``config``'s ``SEED_SETTINGS``, the Stage II epochs spelled out (None is the default, 300)."""
+    return {**{k: getattr(config, k) for k in SEED_SETTINGS}, "psqe_epochs": _psqe_config(config).tuning.epochs}
 
 
 def _check_reused(path: Path, entry: dict, config) -> None:
