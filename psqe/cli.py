@@ -11,6 +11,11 @@ start's main job (:mod:`psqe.demo`): PSQE, Type I and Type II seeds on a
 synthetic multimodal KG pair, their quality side by side, and a plot of where
 the seeds fall.
 
+The console script is :func:`run`: bad input (a ``ValueError`` or
+``OSError`` whose message names the file, line or argument) ends with
+``psqe: error: ...`` and exit status 2, as argparse's own errors do, not a
+traceback; ``-v`` keeps the traceback. :func:`main` raises, for callers.
+
 Example (in a shell)::
 
     psqe demo --entities 10000 --seeds 1000 --out psqe-demo
@@ -232,5 +237,21 @@ def _seeds(args, parser) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """The ``psqe`` console script: :func:`main`, with bad input reported in one line (module docstring).
+
+    >>> run(["seeds", "no/such/folder", "--features", "f.safetensors", "--out", "out"])  # stderr: psqe: error: ...
+    2
+    """
+    try:
+        return main(argv)
+    except (ValueError, OSError) as err:  # DatasetError and UnsafePickleError are ValueErrors
+        given = sys.argv[1:] if argv is None else argv
+        if "-v" in given or "--verbose" in given:
+            raise
+        sys.stderr.write(f"psqe: error: {err}\n")
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

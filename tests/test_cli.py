@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from psqe.cli import main
+from psqe.cli import main, run
+from psqe.data import DatasetError
 
 pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
 
@@ -133,3 +134,16 @@ def test_written_files_get_the_usual_mode(demo_report):
     os.umask(mask)
     for name in ("report.json", "seeds_psqe.tsv", "seed_distribution.svg"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_console_script_reports_bad_input_in_one_line(tmp_path, capsys):
+    """`psqe` (run) ends bad input with one 'psqe: error:' line and status 2; -v keeps the traceback."""
+    missing = tmp_path / "no-such-folder"
+    argv = ["seeds", str(missing), "--features", str(tmp_path / "f.safetensors"), "--out", str(tmp_path / "out")]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("psqe: error: ") and str(missing) in err and "is not a folder" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DatasetError, match="is not a folder"):
+        run(["-v", *argv])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loader_files import write_pair_folder
-from psqe.cli import main
+from psqe.cli import main, run
 from psqe.data import load_dataset
 from psqe.data.synthetic import make_pair
 from psqe.features import save_feature_set
@@ -330,12 +330,18 @@ def test_align_command(dataset, tmp_path, capsys):
     ("0\t1300\n0\t1301\n", "one-to-one"),        # kg1 entity twice
     ("0,1300\n", "expected 'id1<TAB>id2'"),      # wrong format
 ])
-def test_align_rejects_bad_seeds(dataset, tmp_path, content, message):
+def test_align_rejects_bad_seeds(dataset, tmp_path, capsys, content, message):
     folder, features, _ = dataset
     seeds = tmp_path / "seeds.tsv"
     seeds.write_text(content)
-    with pytest.raises((ValueError, KeyError), match=message):
-        main(["align", str(folder), "--seeds", str(seeds), "--model", "eva", "--features", str(features), "--epochs", "1"])
+    argv = ["align", str(folder), "--seeds", str(seeds), "--model", "eva", "--features", str(features), "--epochs", "1",
+            "--out", str(tmp_path / "cell.json")]
+    with pytest.raises(ValueError, match=message):
+        main(argv)
+    assert run(argv) == 2  # the console script: one line naming the file, no traceback, nothing written
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"psqe: error: seeds file {seeds}") and message in err[-1]
+    assert not any("Traceback" in line for line in err) and not (tmp_path / "cell.json").exists()
 
 
 def test_unknown_model_is_a_clear_error(dataset, tmp_path, capsys):

@@ -1,0 +1,68 @@
+"""`read_seeds`: the seeds files `psqe align` and `psqe reproduce` read back, and their errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from psqe.seeds.io import read_seeds
+
+
+def test_text_and_npy_read_the_same_pairs(tmp_path):
+    pairs = [[3, 1200], [0, 1207], [15, 1201]]
+    text = tmp_path / "seeds.tsv"
+    text.write_text("3\t1200\n\n0 1207\n15\t1201\n")  # a blank line and a space separator are accepted
+    array = tmp_path / "seeds.npy"
+    np.save(array, np.asarray(pairs, dtype=np.int32))
+    for path in (text, array):
+        got = read_seeds(path)
+        assert got.dtype == torch.long and got.tolist() == pairs
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no seed pairs"),
+    ("\n\n", "holds no seed pairs"),
+    ("1\t2\n3\t4\n1\t2\n", r"line 3: \[1, 2\] repeats an earlier pair \(line 1\)"),
+    ("1\t2\n3\t2\n", r"line 2: \[3, 2\] uses entity 2 \(column 2\) again \(line 1\)"),
+    ("1\t2\n\n1\t5\n", r"line 3: \[1, 5\] uses entity 1 \(column 1\) again \(line 1\)"),
+    ("1\t2\n-3\t4\n", r"line 2: negative entity id \[-3, 4\]"),
+    ("1\t2\t3\n", "line 1: expected 'id1<TAB>id2'"),
+    ("1\n", "line 1: expected 'id1<TAB>id2'"),
+    ("a\tb\n", "line 1: expected 'id1<TAB>id2'"),
+    ("1.0\t2\n", "line 1: expected 'id1<TAB>id2'"),
+])
+def test_bad_text_files_name_the_line(tmp_path, content, message):
+    path = tmp_path / "seeds.tsv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        read_seeds(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((3, 3), dtype=np.int64), r"expected an integer \[S, 2\] array, got int64 \(3, 3\)"),
+    (np.zeros(4, dtype=np.int64), r"expected an integer \[S, 2\] array, got int64 \(4,\)"),
+    (np.zeros((3, 2), dtype=np.float32), r"expected an integer \[S, 2\] array, got float32 \(3, 2\)"),
+    (np.zeros((0, 2), dtype=np.int64), "holds no seed pairs"),
+    (np.array([[0, 1], [0, 2]]), r"line 2: \[0, 2\] uses entity 0 \(column 1\) again \(line 1\)"),
+])
+def test_bad_npy_files_are_named(tmp_path, array, message):
+    path = tmp_path / "seeds.npy"
+    np.save(path, array)
+    with pytest.raises(ValueError, match=message) as info:
+        read_seeds(path)
+    assert str(path) in str(info.value)
+
+
+def test_pickled_npy_is_refused_not_loaded(tmp_path):
+    path = tmp_path / "seeds.npy"
+    np.save(path, np.array([[0, 1], None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not a plain .npy array"):
+        read_seeds(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"seeds file {tmp_path / 'nope.tsv'} does not exist"):
+        read_seeds(tmp_path / "nope.tsv")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_seeds(tmp_path)  # a folder is not a seeds file
