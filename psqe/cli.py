@@ -124,6 +124,9 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default=None, help="feature file from `psqe features` (default: build and cache it)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs, the model's schedule scaled to them (default: the model's)")
     p.add_argument("--surface", action="store_true", help='"w/ surface": the aligners also read names and characters')
+    p.add_argument("--iterative", action="store_true",
+                   help="iterative learning: the schedule, then as many epochs again adding mutual nearest neighbours "
+                        "(eva, mclea, meaformer; PCMEA has its own pseudo-labels)")
     p.add_argument("--root", default=None, help="data root for dataset names")
     p.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
     p.add_argument("--clean-selection", choices=["final", "val"], default="final",
@@ -148,7 +151,7 @@ def _align_or_reproduce(args, parser) -> int:
         if value is not None and value < 0:
             parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
     common = dict(setting=args.setting, protocols=names(args.protocols), clean_selection=args.clean_selection,
-                  epochs=args.epochs, surface=args.surface, seed=args.seed, train_seed=args.train_seed,
+                  epochs=args.epochs, surface=args.surface, iterative=args.iterative, seed=args.seed, train_seed=args.train_seed,
                   device=args.device, root=args.root, features=args.features, cache_dir=args.cache_dir)
     try:
         if args.command == "align":

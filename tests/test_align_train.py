@@ -244,3 +244,17 @@ def test_fit_rejects_bad_input(pair_data, caplog):
 def test_module_imports_cleanly(name):
     module = importlib.import_module(name)
     assert doctest.testmod(module).failed == 0
+
+
+def test_build_aligner_iterative_doubles_the_schedule():
+    from psqe.align import build_aligner
+
+    data = AlignData.from_pair(make_pair(200, seed=0))
+    _, plain = build_aligner("mclea", data, epochs=40)
+    _, it = build_aligner("mclea", data, epochs=40, iterative=True)
+    assert (plain.il, plain.epochs) == (False, 40)
+    assert (it.il, it.il_start, it.epochs, it.il_every, it.il_persist) == (True, 40, 80, plain.il_every, plain.il_persist)
+    _, full = build_aligner("eva", data, iterative=True)  # EVA's own iterative run: 1000 epochs, IL from 500
+    assert (full.epochs, full.il_start, full.il_every) == (1000, 500, 5)
+    with pytest.raises(ValueError, match="PCMEA's pseudo-label calibration"):
+        build_aligner("pcmea", data, iterative=True)

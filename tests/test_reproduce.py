@@ -107,6 +107,25 @@ def test_resume_refuses_a_changed_config(report, dataset, capsys):
     args = [a if a != "150" else "160" for a in ARGS]
     with pytest.raises(ValueError, match="different budget"):
         main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(report), *args])
+    with pytest.raises(ValueError, match="different iterative"):
+        main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(report), *ARGS,
+              "--iterative"])
+
+
+def test_folders_written_before_iterative_existed_resume(report, dataset, tmp_path):
+    """A config.json without the later 'iterative' field reads as iterative off: the folder resumes, nothing reruns."""
+    import shutil
+
+    folder, features, _ = dataset
+    old = tmp_path / "old"
+    shutil.copytree(report, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["config"]["iterative"]
+    (old / "config.json").write_text(json.dumps(saved))
+    before = {p.name: p.read_text() for p in (old / "cells").glob("*.json")}
+    assert main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(old), *ARGS]) == 0
+    assert {p.name: p.read_text() for p in (old / "cells").glob("*.json")} == before
+    assert json.loads((old / "config.json").read_text())["config"]["iterative"] is False
 
 
 def test_train_seed_moves_training_only(report, dataset, tmp_path, capsys):
@@ -323,6 +342,29 @@ def test_align_command(dataset, tmp_path, capsys):
     seeds.write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[:3].tolist()))
     with pytest.raises(ValueError, match="leave none to validate on"):
         main([*common, "--clean-selection", "val"])
+
+
+def test_align_iterative_adds_mutual_neighbours(dataset, tmp_path, capsys):
+    """--iterative: the schedule, then as many epochs again adding mutual nearest neighbours (EVA's iterative run)."""
+    folder, features, pair = dataset
+    seeds = tmp_path / "seeds.tsv"
+    seeds.write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[:300].tolist()))
+    out = tmp_path / "cell.json"
+    argv = ["align", str(folder), "--seeds", str(seeds), "--model", "eva", "--features", str(features),
+            "--epochs", "15", "--protocols", "legacy", "--out", str(out)]
+    assert main([*argv, "--iterative"]) == 0
+    cell = json.loads(out.read_text())["legacy"]
+    # 15 epochs, then 15 more checking every epoch; a cycle of 10 persistent checks merged once
+    assert cell["epochs"] == 30
+    added = cell["added_pairs"]
+    assert added["count"] > 0 and added["precision"] > 0.5  # mutual neighbours on the synthetic pair: mostly gold
+    assert main(argv) == 0
+    assert "added_pairs" not in json.loads(out.read_text())["legacy"]  # off by default
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(tmp_path / "r"),
+              "--models", "pcmea", "--iterative"])
+    assert "PCMEA's pseudo-label calibration takes the place of iterative learning" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("content, message", [

@@ -28,6 +28,8 @@ A supervised run on a synthetic pair, evaluated both ways:
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .data import AlignData
 from .metrics import PROTOCOLS, Split, clean_split, evaluate, legacy_split, pairs_digest, rank_metrics, ranks
 from .eva import EVA, EVAConfig, eva_train_config
@@ -44,7 +46,7 @@ ALIGNERS = {"eva": (EVA, EVAConfig, eva_train_config), "mclea": (MCLEA, MCLEACon
 
 
 def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: int = 0, epochs: int | None = None,
-                  **config):
+                  iterative: bool = False, **config):
     """``(model, train_config)`` of the aligner called ``name`` (case-insensitive) for ``data``.
 
     ``surface`` is the "w/ surface" switch (the config's ``use_surface``),
@@ -54,8 +56,13 @@ def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: in
     intervals keep their fraction of the run (:meth:`TrainConfig.with_epochs`;
     PCMEA's momentum and pseudo-label start and their intervals, unless given
     in ``config``), so that a shortened PCMEA still runs its pseudo-label
-    cycles in its second half. Raises ``ValueError`` listing the known names
-    for an unknown one.
+    cycles in its second half. ``iterative``: the authors' iterative runs
+    (EVA's ``epochs=1000, il=True``): the schedule as given, then as many
+    epochs again with iterative learning from the schedule's end (checks every
+    ``il_every`` epochs, merged after ``il_persist`` checks, lr times
+    ``il_lr_scale``; a cosine schedule spans the whole run); PCMEA refuses it,
+    its pseudo-label calibration takes that place. Raises ``ValueError``
+    listing the known names for an unknown one.
 
     >>> build_aligner("nope", None)
     Traceback (most recent call last):
@@ -74,6 +81,11 @@ def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: in
                              for name in ("SCHEDULE_POINTS", "SCHEDULE_INTERVALS"))
         config.update(_rescaled(config_cls(), tuple(points), tuple(intervals), epochs / max(train.epochs, 1)))
         train = train.with_epochs(epochs)
+    if iterative:
+        if key == "pcmea":
+            raise ValueError("build_aligner: PCMEA's pseudo-label calibration takes the place of iterative learning; "
+                             "iterative=True is for eva, mclea and meaformer")
+        train = replace(train, il=True, il_start=train.epochs, epochs=2 * train.epochs)
     return cls(data, config_cls(use_surface=surface, **config), seed=seed), train
 
 

@@ -59,6 +59,8 @@ SEED_METHODS = ("uvp", "multimodal", "psqe")
 SUPERVISED = "supervised30"
 #: ReproduceConfig fields a resume may change (every other field must match config.json).
 _MAY_CHANGE = ("models", "seeds", "supervised", "protocols", "clean_selection")
+#: Fields added after reports were written, with the value those reports ran with.
+_ADDED_LATER = {"iterative": False}
 #: The paper's Table 1 (H@1, H@10, MRR): each model with its own seeds ("base") and with PSQE's.
 PAPER_TABLE1 = {
     "zh_en": {"eva": {"base": (.783, .898, .825), "psqe": (.823, .930, .861)},
@@ -94,6 +96,8 @@ class ReproduceConfig:
             (:func:`psqe.align.build_aligner`; None: each model's default).
         psqe_epochs: overrides Stage II's tuning epochs (None: 300).
         surface: the aligners' "w/ surface" switch (names and characters).
+        iterative: train every aligner its schedule and as many epochs again
+            with iterative learning (:func:`psqe.align.build_aligner`; not PCMEA).
         seed: random seed of seeds, features and (unless ``train_seed``) training.
         train_seed: random seed of the aligners' training alone (initialisation,
             batch order, dropout, the clean validation draw); None: ``seed``.
@@ -112,6 +116,7 @@ class ReproduceConfig:
     epochs: int | None = None
     psqe_epochs: int | None = None
     surface: bool = False
+    iterative: bool = False
     seed: int = 42
     train_seed: int | None = None
     device: str = "cpu"
@@ -137,6 +142,9 @@ class ReproduceConfig:
         if self.clean_selection not in CLEAN_SELECTIONS:
             raise ValueError(f"reproduce: clean_selection must be one of {', '.join(CLEAN_SELECTIONS)}, "
                              f"got {self.clean_selection!r}")
+        if self.iterative and "pcmea" in self.models:
+            raise ValueError("reproduce: --iterative is for eva, mclea and meaformer; PCMEA's pseudo-label calibration "
+                             "takes the place of iterative learning (run pcmea in a folder without --iterative)")
         if self.setting not in ("R0", "R1", "R2"):
             raise ValueError(f"reproduce: setting must be R0, R1 or R2, got {self.setting!r}")
         for name in ("epochs", "psqe_epochs", "train_seed"):
@@ -182,7 +190,7 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     mine, before = dataclasses.asdict(config), {}
     if saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
-        previous = before["config"]
+        previous = {**_ADDED_LATER, **before["config"]}
         if (previous.get("seed") if previous.get("train_seed") is None else previous["train_seed"]) == config.training_seed:
             mine["train_seed"] = previous.get("train_seed")  # the same training seed, however it was spelled
         changed = {k for k in mine if json.dumps(mine[k], default=str) != json.dumps(previous.get(k), default=str)

@@ -255,7 +255,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         first = splits[group[0]].to_pair_index(data)
         indexed = {p: first if p == group[0] else splits[p].to_pair_index(data) for p in group}
         model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.training_seed,
-                                            epochs=config.epochs)
+                                            epochs=config.epochs, iterative=config.iterative)
         changes = {"seed": config.training_seed, "device": config.device}
         if first.val.numel():
             changes["eval_every"] = max(1, train_config.epochs // 10)

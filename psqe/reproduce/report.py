@@ -127,7 +127,8 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
     text = [f"# psqe reproduce: {pair.name or config.dataset}, setting {config.setting}\n\n",
             f"Budget {config.budget}; epochs {f'{config.epochs} (schedules scaled)' if config.epochs else 'model defaults'}; Stage II epochs "
-            f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}; seed {config.seed}{_training_seed_note(config)}. "
+            f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}"
+            f"{'; iterative learning on (the schedule, then as many epochs again)' if config.iterative else ''}; seed {config.seed}{_training_seed_note(config)}. "
             f"`{SUPERVISED}`: trained on 30% gold links. Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside "
             "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
             _clean_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
