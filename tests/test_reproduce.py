@@ -295,6 +295,11 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     row = summary_rows([partial])[0]
     assert row["psqe"] is None and row["psqe_minus_type1"] is None and row["type1"] == cells["uvp"]["legacy"]["hits@1"]
     assert "| partial | eva | legacy | 30 | 0 | 588 |  | " in summary_markdown([row])
+    # epochs come from the cells (a run at the model's default has none in config.json), the iterative half named
+    saved = json.loads((report / "config.json").read_text())
+    saved["config"].update(epochs=None, iterative=True)
+    (partial / "config.json").write_text(json.dumps(saved))
+    assert summary_rows([partial])[0]["epochs"] == "30 (iterative from 15)"
     # clean entries on different test sets are flagged, not compared silently
     mixed = json.loads((report / "cells" / "eva__psqe.json").read_text())
     mixed["clean"] = {**mixed["clean"], "test_digest": "0" * 16, "queries": 1}

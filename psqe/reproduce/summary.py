@@ -6,7 +6,9 @@ H@1 of the 30%-gold reference and of each seed set, PSQE's margin over
 Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 margin
 (its "+PSQE" row minus its "base" row) beside it; ``test_links``: the size of
 the test set the row's cells share, or ``"differs"`` when they were scored on
-different ones (clean entries from before the common test set). A missing
+different ones (clean entries from before the common test set); ``epochs``:
+what the cells trained (with ``--iterative``, where iterative learning
+started). A missing
 cell leaves its column empty; it is never filled in.
 
 >>> import json, tempfile
@@ -50,6 +52,15 @@ def _count(value) -> int | None:
     return None if value is None else int(value)
 
 
+def _epochs(trained: set, config: dict):
+    """The epochs the cells trained (the model's default when ``--epochs`` was not given), with the
+    iterative half named; "differs" when cells disagree."""
+    if len(trained) != 1 or None in trained:
+        return "differs" if len(trained) > 1 else config.get("epochs")
+    epochs = trained.pop()
+    return f"{epochs} (iterative from {epochs // 2})" if config.get("iterative") else epochs
+
+
 def summary_rows(folders) -> list[dict]:
     """A row per (folder, model, protocol) with H@1 per seed set and PSQE's margins (see the module docstring)."""
     rows = []
@@ -67,7 +78,8 @@ def summary_rows(folders) -> list[dict]:
                 if not h1:
                     continue
                 tests = {(c[protocol].get("queries"), c[protocol].get("test_digest")) for c in mine.values() if protocol in c}
-                row = {"report": folder.name, "model": model, "protocol": protocol, "epochs": config.get("epochs"),
+                row = {"report": folder.name, "model": model, "protocol": protocol,
+                       "epochs": _epochs({c[protocol].get("epochs") for c in mine.values() if protocol in c}, config),
                        "train_seed": config.get("seed") if config.get("train_seed") is None else config["train_seed"],
                        "test_links": _count(next(iter(tests))[0]) if len(tests) == 1 else "differs",
                        "supervised30": h1.get(SUPERVISED), "type1": h1.get("uvp"), "type2": h1.get("multimodal"),
