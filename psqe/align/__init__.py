@@ -44,6 +44,12 @@ ALIGNERS = {"eva": (EVA, EVAConfig, eva_train_config), "mclea": (MCLEA, MCLEACon
             "meaformer": (MEAformer, MEAformerConfig, meaformer_train_config),
             "pcmea": (PCMEA, PCMEAConfig, pcmea_train_config)}
 
+#: Aligners whose own pseudo-labelling takes the place of iterative learning: ``iterative=True`` is refused
+#: with :data:`NO_ITERATIVE` (by :func:`build_aligner`, and by ``psqe reproduce`` before it writes anything).
+OWN_PSEUDO_LABELS = ("pcmea",)
+NO_ITERATIVE = ("PCMEA's pseudo-label calibration takes the place of iterative learning; "
+                "iterative runs are for eva, mclea and meaformer")
+
 
 def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: int = 0, epochs: int | None = None,
                   iterative: bool = False, **config):
@@ -82,15 +88,14 @@ def build_aligner(name: str, data: AlignData, *, surface: bool = False, seed: in
         config.update(_rescaled(config_cls(), tuple(points), tuple(intervals), epochs / max(train.epochs, 1)))
         train = train.with_epochs(epochs)
     if iterative:
-        if key == "pcmea":
-            raise ValueError("build_aligner: PCMEA's pseudo-label calibration takes the place of iterative learning; "
-                             "iterative=True is for eva, mclea and meaformer")
+        if key in OWN_PSEUDO_LABELS:
+            raise ValueError(f"build_aligner: {NO_ITERATIVE}")
         train = replace(train, il=True, il_start=train.epochs, epochs=2 * train.epochs)
     return cls(data, config_cls(use_surface=surface, **config), seed=seed), train
 
 
 __all__ = [
-    "ALIGNERS", "AlignData", "EVA", "EVAConfig", "MCLEA", "MCLEAConfig", "MEAformer", "MEAformerConfig", "PCMEA",
+    "ALIGNERS", "AlignData", "NO_ITERATIVE", "OWN_PSEUDO_LABELS", "EVA", "EVAConfig", "MCLEA", "MCLEAConfig", "MEAformer", "MEAformerConfig", "PCMEA",
     "PCMEAConfig", "mclea_train_config", "meaformer_train_config", "pcmea_train_config", "MutualNeighbours", "NCALoss", "PROTOCOLS", "Split", "TrainConfig",
     "TrainResult", "UncertaintyWeighting", "build_aligner", "clean_split", "contrastive_loss", "embed", "eva_train_config",
     "evaluate", "fit", "ial_loss", "icl_loss", "legacy_split", "nca_loss", "pairs_digest", "rank_metrics", "ranks",

@@ -125,7 +125,7 @@ class ReproduceConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        from ..align import ALIGNERS
+        from ..align import ALIGNERS, NO_ITERATIVE, OWN_PSEUDO_LABELS
 
         unknown = [m for m in self.models if m not in ALIGNERS]
         if unknown or not self.models:
@@ -142,9 +142,8 @@ class ReproduceConfig:
         if self.clean_selection not in CLEAN_SELECTIONS:
             raise ValueError(f"reproduce: clean_selection must be one of {', '.join(CLEAN_SELECTIONS)}, "
                              f"got {self.clean_selection!r}")
-        if self.iterative and "pcmea" in self.models:
-            raise ValueError("reproduce: --iterative is for eva, mclea and meaformer; PCMEA's pseudo-label calibration "
-                             "takes the place of iterative learning (run pcmea in a folder without --iterative)")
+        if self.iterative and any(m in OWN_PSEUDO_LABELS for m in self.models):
+            raise ValueError(f"reproduce: --iterative: {NO_ITERATIVE} (run pcmea in a folder without --iterative)")
         if self.setting not in ("R0", "R1", "R2"):
             raise ValueError(f"reproduce: setting must be R0, R1 or R2, got {self.setting!r}")
         for name in ("epochs", "psqe_epochs", "train_seed"):

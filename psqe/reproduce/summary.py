@@ -57,7 +57,7 @@ def _epochs(trained: set, config: dict):
     iterative half named; "differs" when cells disagree."""
     if len(trained) != 1 or None in trained:
         return "differs" if len(trained) > 1 else config.get("epochs")
-    epochs = trained.pop()
+    epochs = next(iter(trained))
     return f"{epochs} (iterative from {epochs // 2})" if config.get("iterative") else epochs
 
 
