@@ -9,10 +9,12 @@ an upper bound), the projection to the aligner's default epoch count
 (``projected_seconds_default_epochs``), and the process's peak RSS.
 Only with ``--bench-big`` (minutes per aligner on a 2-core CPU).
 
-``test_meaformer_batch_rows`` times MEAformer on 1,000 of those pairs (a
-reproduce cell's size) with each step computed on its batch's entities
-(``psqe``, the default) and with the full pass over every entity each step
-(``full-pass``, the authors' way; ``rows_per_batch = False``), side by side.
+``test_batch_rows`` times MEAformer, MCLEA and PCMEA on 1,000 of those
+pairs (a reproduce cell's size) with each step computed on its batches'
+entities (``psqe``, the default) and with the full pass over every entity
+each step (``full-pass``, the authors' way; ``rows_per_batch = False``),
+side by side. (PCMEA's momentum encoder and pseudo-labels start at
+mid-training, so these first epochs time its MCLEA backbone.)
 """
 from __future__ import annotations
 
@@ -87,12 +89,13 @@ def test_aligner_epoch_time_dbp15k(benchmark, model):
 
 @pytest.mark.big
 @pytest.mark.parametrize("impl", ["psqe", "full-pass"])
-def test_meaformer_batch_rows(benchmark, impl):
+@pytest.mark.parametrize("model", ["meaformer", "mclea", "pcmea"])
+def test_batch_rows(benchmark, model, impl):
     dataset, features = _dataset(), _feature_file()
     if dataset is None or features is None:
         pytest.skip("needs DBP15K zh_en ($PSQE_DATA or ../shared/data) and its R2 feature file ($PSQE_BENCH_FEATURES)")
-    benchmark.group = "MEAformer on DBP15K zh_en R2, 1,000 pairs: batch rows vs full pass (fresh process)"
-    result = pedantic(benchmark, _run, args=(dataset, features, "meaformer"),
+    benchmark.group = f"{model} on DBP15K zh_en R2, 1,000 pairs: batch rows vs full pass (fresh process)"
+    result = pedantic(benchmark, _run, args=(dataset, features, model),
                       kwargs={"pairs": 1000, "rows_per_batch": impl == "psqe"}, rounds=1)
     record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
     assert result["train_pairs"] == 1000 and result["seconds_per_epoch"] > 0

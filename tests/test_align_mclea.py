@@ -13,7 +13,7 @@ from psqe.align import AlignData, fit
 from psqe.align.mclea import MCLEA, MCLEAConfig, mclea_train_config
 from psqe.data.synthetic import make_pair
 
-from align_common import hits1
+from align_common import fit_recording_nodes, hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -102,6 +102,29 @@ def test_same_seed_same_embedding():
     assert torch.equal(joints[0], joints[1])
     a, b = (MCLEA(data, MCLEAConfig(graph_dim=16), seed=s).encoder.structure.entity for s in (5, 6))
     assert not torch.equal(a, b)
+
+
+def test_batch_rows_are_the_full_pass_rows():
+    """A step computes the linears on its batches' entities only (rows_per_batch): the same rows, loss
+    and trained model as the full pass."""
+    data = AlignData.from_pair(make_pair(200, seed=2))
+    config = MCLEAConfig(graph_dim=16, visual_dim=8, attribute_dim=8, relation_dim=8)
+    model = MCLEA(data, config, seed=5)
+    nodes = torch.tensor([3, 17, 150, 201, 399])
+    full, part = model(data), model(data, nodes=nodes)
+    assert set(part) == set(full)
+    for key in full:
+        torch.testing.assert_close(part[key], full[key][nodes])
+    pairs, local = torch.tensor([[3, 201], [17, 399]]), torch.tensor([[0, 3], [1, 4]])
+    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs))
+    joints = []
+    for rows in (True, False):
+        model = MCLEA(data, config, seed=5)
+        seen = fit_recording_nodes(model, data, data.links[:50], mclea_train_config(epochs=3, batch_size=20, seed=1), rows)
+        assert len(seen) == 3  # one step per epoch over all of its batches
+        assert all(n is None for n in seen) if not rows else [n.numel() for n in seen] == [100, 100, 100]
+        joints.append(model(data)["joint"].detach())
+    torch.testing.assert_close(joints[0], joints[1], atol=1e-5, rtol=1e-4)
 
 
 def test_train_config_and_bad_config():

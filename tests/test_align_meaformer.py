@@ -10,7 +10,7 @@ from psqe.align import AlignData, fit
 from psqe.align.meaformer import MEAformer, MEAformerConfig, ModalityTransformerLayer, meaformer_train_config
 from psqe.data.synthetic import make_pair
 
-from align_common import hits1
+from align_common import fit_recording_nodes, hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -127,10 +127,8 @@ def test_batch_rows_are_the_full_pass_rows():
     joints = []
     for rows in (True, False):
         model = MEAformer(data, config, seed=5)
-        model.rows_per_batch = rows
-        seen = []
-        model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("nodes")), with_kwargs=True)
-        fit(model, data, data.links[:50], meaformer_train_config(epochs=3, batch_size=20, seed=1), progress=False)
+        seen = fit_recording_nodes(model, data, data.links[:50], meaformer_train_config(epochs=3, batch_size=20, seed=1),
+                                   rows)
         assert len(seen) == 9  # 3 batches (20, 20, 10 pairs) a step each, 3 epochs
         assert all(n is None for n in seen) if not rows else [n.numel() for n in seen[:3]] == [40, 40, 20]
         model.eval()

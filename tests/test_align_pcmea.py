@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psqe.align import TrainResult, fit
+from psqe.align import AlignData, TrainResult, fit
 from psqe.align.losses import contrastive_loss
 from psqe.align.pcmea import PCMEA, PCMEAConfig, pcmea_train_config
+from psqe.data.synthetic import make_pair
 from psqe.reproduce.cells import added_pairs
 
-from align_common import hits1
+from align_common import fit_recording_nodes, hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -116,13 +117,36 @@ def test_pseudo_links_join_the_batches(align_setup):
     model.pseudo_links = data.links[-20:].clone()
     seen = []
     loss = model.loss
-    model.loss = lambda out, pairs: seen.append(pairs.clone()) or loss(out, pairs)
+    model.loss = lambda out, pairs: seen.append(out["rows"][pairs]) or loss(out, pairs)  # rows_per_batch
     fit(model, data, split.train[:90], pcmea_train_config(epochs=1, batch_size=30), progress=False)
     assert sorted(b.shape[0] for b in seen) == [20, 30, 30, 30]
     got = torch.cat(seen)
     expected = torch.cat([split.train[:90], data.links[-20:]])
     assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
     assert bool(model.used[expected.flatten()].all())
+
+
+def test_batch_rows_train_the_same_model_and_pseudo_links():
+    """rows_per_batch (the default) against the full pass: the same embeddings, momentum contrast and
+    pseudo-links; the loss maps the output rows back to entities for the momentum targets and ``used``."""
+    data = AlignData.from_pair(make_pair(200, seed=2))
+    config = PCMEAConfig(graph_dim=16, visual_dim=8, attribute_dim=8, relation_dim=8, momentum_start=3,
+                         momentum_every=1, momentum=0.5, pseudo_every=1, pseudo_persist=1)
+    runs = []
+    for rows in (True, False):
+        model = PCMEA(data, config, seed=5)
+        seen = fit_recording_nodes(model, data, data.links[:60], pcmea_train_config(epochs=8, batch_size=25, seed=1), rows)
+        training_calls = [n for n in seen if n is not None]
+        assert len(training_calls) == (8 if rows else 0)
+        assert model.momentum_active and model.pseudo_links.shape[0] > 0
+        model.eval()
+        with torch.no_grad():
+            runs.append((model(data)["joint"], model.momentum_joint, model.pseudo_links, model.used.clone()))
+    (joint_a, mom_a, links_a, used_a), (joint_b, mom_b, links_b, used_b) = runs
+    torch.testing.assert_close(joint_a, joint_b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mom_a, mom_b, atol=1e-5, rtol=1e-4)
+    assert torch.equal(links_a, links_b) and torch.equal(used_a, used_b)
+    assert bool(used_a[data.links[:60].flatten()].all())
 
 
 def test_train_config_and_bad_config():

@@ -33,6 +33,11 @@ authors' DBP15K script runs 1000 epochs with iterative learning from epoch
 500 (mutual nearest neighbours checked every 5 epochs, merged every 50, lr
 divided by 5): ``mclea_train_config(epochs=1000, il=True)``.
 
+Each training step computes the modality linears on its batches' entities
+only (``rows_per_batch``, :func:`~psqe.align.fit`): no loss term reads
+another entity's row, so values and gradients are the full pass's; the
+graph attention still runs over the whole graph.
+
 Deviations: projection heads and instance normalisation (off in the authors'
 runs) are not implemented. With iterative learning the authors re-create the
 AdamW optimiser at every epoch from ``il_start`` on (its moments restart each
@@ -128,11 +133,15 @@ class MCLEA(nn.Module):
         seed: parameter initialisation seed (the global generator is left alone).
 
     ``forward(data)`` returns each modality's embedding (un-normalised) and
-    ``"joint"``; ``loss(outputs, pairs)`` the batch loss;
+    ``"joint"``; ``forward(data, nodes)`` the same rows for the entities
+    ``nodes`` only; ``loss(outputs, pairs)`` the batch loss (``pairs`` index
+    the rows of ``outputs``);
     :meth:`modality_weights` and :meth:`loss_weights` the learned weights.
     """
 
     name = "MCLEA"
+    #: :func:`~psqe.align.fit` passes ``nodes`` = the step's entities (module docstring).
+    rows_per_batch = True
 
     def __init__(self, data: AlignData, config: MCLEAConfig | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -146,15 +155,16 @@ class MCLEA(nn.Module):
         self.icl_weighting = UncertaintyWeighting(len(self.modalities))
         self.ial_weighting = UncertaintyWeighting(len(self.modalities))
 
-    def encode(self, data: AlignData, encoder: nn.Module | None = None,
-               fusion: nn.Module | None = None) -> dict[str, Tensor]:
-        """Modality embeddings and ``"joint"`` by ``encoder`` / ``fusion`` (default: this model's)."""
-        out = (encoder or self.encoder)(data)
+    def encode(self, data: AlignData, encoder: nn.Module | None = None, fusion: nn.Module | None = None,
+               nodes: Tensor | None = None) -> dict[str, Tensor]:
+        """Modality embeddings and ``"joint"`` by ``encoder`` / ``fusion`` (default: this model's),
+        of every entity or of ``nodes`` only."""
+        out = (encoder or self.encoder)(data, nodes)
         out["joint"] = (fusion or self.fusion)([out[m] for m in self.modalities])
         return out
 
-    def forward(self, data: AlignData) -> dict[str, Tensor]:
-        return self.encode(data)
+    def forward(self, data: AlignData, nodes: Tensor | None = None) -> dict[str, Tensor]:
+        return self.encode(data, nodes=nodes)
 
     def joint_term(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
         """ICL on the joint embedding."""

@@ -153,10 +153,22 @@ class PCMEA(MCLEA):
         """Never propose the entities of ``pairs`` (pair index, any shape), e.g. validation pairs."""
         self.blocked[torch.as_tensor(pairs, device=self.blocked.device).long().flatten()] = True
 
+    def forward(self, data: AlignData, nodes: Tensor | None = None) -> dict[str, Tensor]:
+        """MCLEA's outputs; with ``nodes``, also ``"rows"`` = ``nodes`` (the entity of each output row)."""
+        out = super().forward(data, nodes)
+        if nodes is not None:
+            out["rows"] = nodes
+        return out
+
+    @staticmethod
+    def _entities(out: dict[str, Tensor], pairs: Tensor) -> Tensor:
+        """``pairs`` (rows of ``out``) as entity pair indices."""
+        return out["rows"][pairs] if "rows" in out else pairs
+
     def joint_term(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
         if not self.momentum_active:
             return super().joint_term(out, pairs)
-        target = self.momentum_joint[pairs[:, 1]]
+        target = self.momentum_joint[self._entities(out, pairs)[:, 1]]
         return contrastive_loss(out["joint"][pairs[:, 0]], target, tau=self.config.ucl_tau, combine="log")
 
     def extra_train_pairs(self) -> Tensor:
@@ -164,7 +176,7 @@ class PCMEA(MCLEA):
         return self.pseudo_links
 
     def loss(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
-        self.used[pairs.flatten()] = True
+        self.used[self._entities(out, pairs).flatten()] = True
         return super().loss(out, pairs)
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ and ``extra_train_pairs() -> Tensor`` (pairs the model adds itself, e.g.
 PCMEA's pseudo-links: shuffled and batched with the training pairs each epoch,
 so that more pairs make more batches of ``batch_size``, not bigger ones). A
 model whose loss reads only its batch's rows may set ``rows_per_batch = True``
-(MEAformer): a training step then calls ``forward(data, nodes=...)`` with
+(MEAformer, MCLEA, PCMEA): a training step then calls ``forward(data, nodes=...)`` with
 the step's entities (sorted) and gives ``loss`` the pairs as positions in
 that list.
 
