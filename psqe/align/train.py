@@ -9,11 +9,13 @@ PCMEA's pseudo-links: shuffled and batched with the training pairs each epoch,
 so that more pairs make more batches of ``batch_size``, not bigger ones). A
 model whose loss reads only its batch's rows may set ``rows_per_batch = True``
 (MEAformer, MCLEA, PCMEA): a training step then calls ``forward(data, nodes=...)`` with
-the step's entities (sorted) and gives ``loss`` the pairs as positions in
-that list.
+the step's entities (sorted), which returns ``[len(nodes), d_m]`` rows (and
+may add other keys: PCMEA's ``"rows"``, the rows' entity ids), and gives
+``loss`` the pairs as positions in that list. Every other call (evaluation,
+iterative learning, the model's own hooks) is a full pass.
 
 **An epoch** shuffles the training pairs (generator seeded by ``seed``) into
-batches. ``step_per_batch=False`` (EVA, MCLEA): one forward pass, batch losses
+batches. ``step_per_batch=False`` (EVA, MCLEA, PCMEA): one forward pass, batch losses
 summed, one AdamW step; ``True`` (MEAformer): a forward pass and a step per
 batch. Constant lr, or cosine after a linear ``warmup`` fraction;
 ``grad_clip``; ``amp``: float16 autocast and gradient scaling, CUDA only.
