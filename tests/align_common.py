@@ -1,6 +1,8 @@
 """Helpers shared by the aligner tests."""
 from __future__ import annotations
 
+import torch
+
 from psqe.align import embed, evaluate, fit
 
 
@@ -17,3 +19,15 @@ def fit_recording_nodes(model, data, pairs, config, rows: bool):
     model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("nodes")), with_kwargs=True)
     fit(model, data, pairs, config, progress=False)
     return seen
+
+
+def assert_rows_match_full_pass(model, data) -> None:
+    """``model(data, nodes)`` gives the full pass's keys and rows of ``nodes``, and its loss on pairs given as
+    positions in ``nodes`` is the full pass's loss on the same entity pairs."""
+    nodes = torch.tensor([3, 17, 150, 201, 399])
+    full, part = model(data), model(data, nodes=nodes)
+    assert set(part) == set(full)
+    for key in full:
+        torch.testing.assert_close(part[key], full[key][nodes])
+    pairs, local = torch.tensor([[3, 201], [17, 399]]), torch.tensor([[0, 3], [1, 4]])
+    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs))

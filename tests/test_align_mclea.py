@@ -13,7 +13,7 @@ from psqe.align import AlignData, fit
 from psqe.align.mclea import MCLEA, MCLEAConfig, mclea_train_config
 from psqe.data.synthetic import make_pair
 
-from align_common import fit_recording_nodes, hits1
+from align_common import assert_rows_match_full_pass, fit_recording_nodes, hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -110,13 +110,7 @@ def test_batch_rows_are_the_full_pass_rows():
     data = AlignData.from_pair(make_pair(200, seed=2))
     config = MCLEAConfig(graph_dim=16, visual_dim=8, attribute_dim=8, relation_dim=8)
     model = MCLEA(data, config, seed=5)
-    nodes = torch.tensor([3, 17, 150, 201, 399])
-    full, part = model(data), model(data, nodes=nodes)
-    assert set(part) == set(full)
-    for key in full:
-        torch.testing.assert_close(part[key], full[key][nodes])
-    pairs, local = torch.tensor([[3, 201], [17, 399]]), torch.tensor([[0, 3], [1, 4]])
-    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs))
+    assert_rows_match_full_pass(model, data)
     joints = []
     for rows in (True, False):
         model = MCLEA(data, config, seed=5)

@@ -10,7 +10,7 @@ from psqe.align import AlignData, fit
 from psqe.align.meaformer import MEAformer, MEAformerConfig, ModalityTransformerLayer, meaformer_train_config
 from psqe.data.synthetic import make_pair
 
-from align_common import fit_recording_nodes, hits1
+from align_common import assert_rows_match_full_pass, fit_recording_nodes, hits1
 
 pytestmark = pytest.mark.one_thread
 
@@ -115,14 +115,7 @@ def test_batch_rows_are_the_full_pass_rows():
     data = AlignData.from_pair(make_pair(200, seed=2))
     config = MEAformerConfig(hidden=16, intermediate=24, dropout=0.0)
     model = MEAformer(data, config, seed=5)
-    nodes = torch.tensor([3, 17, 150, 201, 399])
-    full, part = model(data), model(data, nodes=nodes)
-    assert set(part) == set(full)
-    for key in full:
-        torch.testing.assert_close(part[key], full[key][nodes])
-    pairs = torch.tensor([[3, 201], [17, 399]])
-    local = torch.tensor([[0, 3], [1, 4]])
-    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs))
+    assert_rows_match_full_pass(model, data)
     # a few epochs of several steps each: the same model either way (no dropout to draw)
     joints = []
     for rows in (True, False):
