@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     feats.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
     feats.add_argument("--seed", type=int, default=0)
     feats.add_argument("--device", default="cpu")
+    feats.add_argument("--no-text", action="store_true",
+                       help="no text encoder: leave out the seed generator's relation/attribute text slots "
+                            "(R0/R2; the aligners' inputs only, for a machine without the text model)")
     seeds = sub.add_parser("seeds", help="PSQE seeds for a dataset with a feature file")
     seeds.add_argument("dataset", help="dataset folder, or a name with --root / PSQE_DATA")
     seeds.add_argument("--features", required=True, help="feature file from `psqe features`")
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "features":
+        if args.no_text and args.setting == "R1":
+            parser.error("--no-text: R1's visual slot is the text embedding of the names; use R0 or R2")
         return _features(args)
     if args.command == "seeds":
         return _seeds(args, parser)
@@ -197,7 +202,8 @@ def _features(args) -> int:
     from .features import build_feature_set, save_feature_set
 
     pair = load_dataset(args.dataset, root=args.root)
-    summary = build_feature_set(pair, args.setting, cache_dir=args.cache_dir, seed=args.seed, device=args.device)
+    summary = build_feature_set(pair, args.setting, cache_dir=args.cache_dir, seed=args.seed, device=args.device,
+                                text=not args.no_text)
     save_feature_set(pair, args.out, summary)
     json.dump(summary, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

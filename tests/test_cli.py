@@ -61,6 +61,8 @@ def test_demo_is_deterministic(demo_report, tmp_path):
     (["demo", "--seeds", "0"], "--seeds must be >= 1"),
     (["demo", "--entities", "100", "--seeds", "200"], "--seeds 200 exceeds --entities 100"),
     (["demo", "--epochs", "-1"], "--epochs must be >= 0"),
+    (["features", "DBP15K/zh_en", "--setting", "R1", "--no-text", "--out", "f.safetensors"],
+     "--no-text: R1's visual slot is the text embedding"),
 ])
 def test_bad_arguments_name_the_option(capsys, argv, message):
     with pytest.raises(SystemExit):

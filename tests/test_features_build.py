@@ -69,6 +69,28 @@ def test_r2_keeps_names_out_of_the_seed_slots(pair, bert, tmp_path):
     assert pair.kg1.features["visual"].shape == (500, 128)
 
 
+def test_without_text_the_aligners_inputs_are_the_same(pair, bert, tmp_path, monkeypatch):
+    """text=False loads no text model and leaves out the text slots; every other table is the one a
+    build with the text encoder gives (same seed and noise scale)."""
+    with_text = build(pair, "R2", bert, tmp_path, noise_scale=0.5)
+    tables = {k: (kg.features[k].clone(), kg.present[k].clone()) for kg in (pair.kg1,) for k in kg.features}
+    fresh = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("text=False loaded a text encoder")
+
+    monkeypatch.setattr("psqe.features.build.TextEncoder", no_model)
+    summary = build_feature_set(fresh, "R2", seed=0, glove=False, simulation=SMALL_SIM, noise_scale=0.5, text=False)
+    assert set(tables) - set(fresh.kg1.features) == {"relation"}
+    for k in fresh.kg1.features:
+        assert torch.equal(fresh.kg1.features[k], tables[k][0]) and torch.equal(fresh.kg1.present[k], tables[k][1]), k
+    assert summary["text_model"] is None and with_text["text_model"] is not None
+    assert summary["absent"]["relation"] == summary["absent"]["attribute"] == "no text encoder (text=False)"
+    assert summary["calibration"]["noise_scale"] == with_text["calibration"]["noise_scale"] == 0.5
+    with pytest.raises(ValueError, match="not for R1"):
+        build_feature_set(fresh, "R1", glove=False, text=False)
+
+
 def test_attributes_when_both_graphs_have_them(pair, bert, tmp_path):
     for kg in (pair.kg1, pair.kg2):
         kg.attributes = [[f"http://x/attr_{i % 5}"] if i % 3 else [] for i in range(kg.num_entities)]

@@ -92,7 +92,7 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
                       batch_size: int = 128, progress: bool | None = None, text_encoder: TextEncoder | None = None,
                       glove: str | os.PathLike | bool | None = None, char_hash_dim: int | None = None,
                       bags: bool = True, bag_top: int = 1000, noise_scale: float | None = None,
-                      simulation: SimulationConfig | Mapping[str, Any] | None = None) -> dict:
+                      simulation: SimulationConfig | Mapping[str, Any] | None = None, text: bool = True) -> dict:
     """Encode and attach the ``setting`` feature set to ``pair.kg1`` / ``pair.kg2``.
 
     Args:
@@ -113,6 +113,11 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         bags: attach EVA's ``"relation_bag"`` / ``"attribute_bag"`` (top ``bag_top``).
         noise_scale: R2: use this noise scale instead of calibrating.
         simulation: R2: a :class:`SimulationConfig` or a dict of its fields.
+        text: False: no text encoder (none is loaded): the seed generator's
+            ``relation`` / ``attribute`` slots are left out (listed under
+            ``absent``), which leaves the aligners' inputs (``visual``, the
+            bags, ``name``, ``char``) for a machine without the text model.
+            R0 and R2 only: R1's ``visual`` is a text embedding.
 
     Returns:
         A JSON-ready summary: per modality its dim, coverage per graph and source;
@@ -134,24 +139,36 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         if missing:
             raise ValueError(f"setting R0 needs loaded image features ('visual') on {', '.join(missing)}; "
                              "the EVA pickles are not there (use R1 or R2)")
-    enc = text_encoder or TextEncoder(text_model, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                                      progress=progress)
-    summary["text_model"] = {"folder": str(enc.folder), "identity": enc.identity[:16], "dim": enc.dim}
+    if not text and (setting == "R1" or text_encoder is not None):
+        raise ValueError("text=False builds without a text encoder: not for R1 (its visual slot is the text "
+                         "embedding of the names), and not with a text_encoder")
+    enc = None
+    if text:
+        enc = text_encoder or TextEncoder(text_model, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                                          progress=progress)
+    summary["text_model"] = None if enc is None else {"folder": str(enc.folder), "identity": enc.identity[:16],
+                                                      "dim": enc.dim}
 
     t = time.perf_counter()
-    rel_sets = relation_texts(pair.kg1) + relation_texts(pair.kg2)
-    table, present = enc.encode_sets(rel_sets)
-    _attach(pair, "relation", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
-            "text mean of relation names")
-    attrs = [attribute_texts(kg) for kg in kgs]
-    if attrs[0] is not None and attrs[1] is not None:
-        table, present = enc.encode_sets(attrs[0] + attrs[1])
-        _attach(pair, "attribute", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
-                "text mean of attribute names")
+    if enc is None:
+        off = "no text encoder (text=False)"
+        summary["absent"].update(relation=off, attribute=off)
+        log.warning("relation and attribute text slots left out (text=False): this feature set feeds the "
+                    "aligners; the seed generator would see its visual slot alone")
     else:
-        lacking = [f"kg{k + 1}" for k in (0, 1) if attrs[k] is None]
-        summary["absent"]["attribute"] = f"no attribute names on {' and '.join(lacking)}"
-        log.info("attribute modality absent: %s", summary["absent"]["attribute"])
+        rel_sets = relation_texts(pair.kg1) + relation_texts(pair.kg2)
+        table, present = enc.encode_sets(rel_sets)
+        _attach(pair, "relation", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
+                "text mean of relation names")
+        attrs = [attribute_texts(kg) for kg in kgs]
+        if attrs[0] is not None and attrs[1] is not None:
+            table, present = enc.encode_sets(attrs[0] + attrs[1])
+            _attach(pair, "attribute", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
+                    "text mean of attribute names")
+        else:
+            lacking = [f"kg{k + 1}" for k in (0, 1) if attrs[k] is None]
+            summary["absent"]["attribute"] = f"no attribute names on {' and '.join(lacking)}"
+            log.info("attribute modality absent: %s", summary["absent"]["attribute"])
     summary["seconds"]["relation_attribute"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
