@@ -21,13 +21,15 @@ def fit_recording_nodes(model, data, pairs, config, rows: bool):
     return seen
 
 
-def assert_rows_match_full_pass(model, data) -> None:
-    """``model(data, nodes)`` gives the full pass's keys and rows of ``nodes``, and its loss on pairs given as
-    positions in ``nodes`` is the full pass's loss on the same entity pairs."""
-    nodes = torch.tensor([3, 17, 150, 201, 399])
+def assert_rows_match_full_pass(model, data, **tolerance) -> None:
+    """``model(data, nodes)`` gives the full pass's keys and rows of ``nodes`` (plus ``"rows"`` = ``nodes``
+    where the model returns it), and its loss on pairs given as positions in ``nodes`` is the full pass's
+    loss on the same entity pairs. ``tolerance``: ``rtol`` / ``atol`` of the comparisons (default: torch's)."""
+    nodes = torch.tensor([3, 17, 150, 201, 399], device=data.device)
     full, part = model(data), model(data, nodes=nodes)
-    assert set(part) == set(full)
+    assert set(part) - {"rows"} == set(full) and torch.equal(part.get("rows", nodes), nodes)
     for key in full:
-        torch.testing.assert_close(part[key], full[key][nodes])
-    pairs, local = torch.tensor([[3, 201], [17, 399]]), torch.tensor([[0, 3], [1, 4]])
-    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs))
+        torch.testing.assert_close(part[key], full[key][nodes], **tolerance)
+    pairs = torch.tensor([[3, 201], [17, 399]], device=data.device)
+    local = torch.tensor([[0, 3], [1, 4]], device=data.device)
+    torch.testing.assert_close(model.loss(part, local), model.loss(full, pairs), **tolerance)
