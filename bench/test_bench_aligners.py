@@ -15,6 +15,17 @@ entities (``psqe``, the default) and with the full pass over every entity
 each step (``full-pass``, the authors' way; ``rows_per_batch = False``),
 side by side. (PCMEA's momentum encoder and pseudo-labels start at
 mid-training, so these first epochs time its MCLEA backbone.)
+
+Each runs on the CPU and, where a GPU and psqe's CUDA build are (marker
+``cuda``), on the GPU: ``CUDA_EPOCHS`` epochs there, so that the first
+epoch's start-up (CUDA context, kernel loading) weighs little.
+``test_meaformer_schedule_cuda`` trains MEAformer for its whole default
+schedule (250 epochs, 4,500 pairs) on the GPU: issue 5's "MEAformer in
+minutes on a GPU".
+
+On a GPU machine, which has no text model, ``bench/device_check.sh``
+builds the feature file with ``psqe features --no-text``: the aligners' inputs
+are the same, only the seed generator's text slots are left out.
 """
 from __future__ import annotations
 
@@ -28,8 +39,11 @@ import pytest
 from _common import pedantic, record_machine
 from test_bench_pipeline import _dataset, _feature_file
 
-#: Epochs timed per aligner (MEAformer's epochs are the slowest).
+#: Epochs timed per aligner on the CPU (MEAformer's epochs are the slowest).
 EPOCHS = {"eva": 3, "mclea": 3, "meaformer": 2, "pcmea": 3}
+#: Epochs timed per aligner on a GPU.
+CUDA_EPOCHS = 20
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 _CHILD = r"""
 import json, sys, time
@@ -48,26 +62,41 @@ model, cfg = build_aligner(args["model"], data, seed=0)
 if "rows_per_batch" in args:
     model.rows_per_batch = args["rows_per_batch"]
 default_epochs = cfg.epochs
-cfg = dataclasses.replace(cfg, epochs=args["epochs"])
+epochs = default_epochs if args["epochs"] is None else args["epochs"]
+cfg = dataclasses.replace(cfg, epochs=epochs, device=args["device"])
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 result = fit(model, data, train, cfg, progress=False)
+if args["device"] == "cuda":
+    torch.cuda.synchronize()
 with open("/proc/self/status") as f:
     peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-per_epoch = result.seconds / args["epochs"]
-print(json.dumps({"model": args["model"], "epochs": args["epochs"], "seconds": result.seconds,
+per_epoch = result.seconds / epochs
+gpu = args["device"] == "cuda"
+print(json.dumps({"model": args["model"], "device": args["device"], "epochs": epochs, "seconds": result.seconds,
                   "seconds_per_epoch": per_epoch, "default_epochs": default_epochs,
                   "projected_seconds_default_epochs": per_epoch * default_epochs, "peak_rss_mb": peak,
+                  "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+                  "amp": cfg.amp and gpu, "final_loss": result.losses[-1] if result.losses else None,
                   "train_pairs": int(train.shape[0]), "threads": torch.get_num_threads(),
                   "parameters": sum(p.numel() for p in model.parameters())}))
 """
 
 
-def _run(dataset, features, model: str, **extra) -> dict:
+def _inputs():
+    """``(dataset, feature file)``, or skip saying what is missing."""
+    dataset, features = _dataset(), _feature_file()
+    if dataset is None or features is None:
+        pytest.skip("needs DBP15K zh_en ($PSQE_DATA or ../shared/data) and its R2 feature file ($PSQE_BENCH_FEATURES)")
+    return dataset, features
+
+
+def _run(dataset, features, model: str, device: str = "cpu", **extra) -> dict:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    args = {"dataset": str(dataset), "features": str(features), "model": model, "epochs": EPOCHS[model], **extra}
+    args = {"dataset": str(dataset), "features": str(features), "model": model, "device": device,
+            "epochs": EPOCHS[model] if device == "cpu" else CUDA_EPOCHS, **extra}
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
@@ -77,12 +106,11 @@ def _run(dataset, features, model: str, **extra) -> dict:
 
 @pytest.mark.big
 @pytest.mark.parametrize("model", list(EPOCHS))
-def test_aligner_epoch_time_dbp15k(benchmark, model):
-    dataset, features = _dataset(), _feature_file()
-    if dataset is None or features is None:
-        pytest.skip("needs DBP15K zh_en ($PSQE_DATA or ../shared/data) and its R2 feature file ($PSQE_BENCH_FEATURES)")
-    benchmark.group = "aligner training on DBP15K zh_en R2, 4,500 gold pairs (fresh process)"
-    result = pedantic(benchmark, _run, args=(dataset, features, model), rounds=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_aligner_epoch_time_dbp15k(benchmark, model, device):
+    dataset, features = _inputs()
+    benchmark.group = f"aligner training on DBP15K zh_en R2, 4,500 gold pairs, {device} (fresh process)"
+    result = pedantic(benchmark, _run, args=(dataset, features, model, device), rounds=1)
     record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
     assert result["seconds_per_epoch"] > 0
 
@@ -90,12 +118,22 @@ def test_aligner_epoch_time_dbp15k(benchmark, model):
 @pytest.mark.big
 @pytest.mark.parametrize("impl", ["psqe", "full-pass"])
 @pytest.mark.parametrize("model", ["meaformer", "mclea", "pcmea"])
-def test_batch_rows(benchmark, model, impl):
-    dataset, features = _dataset(), _feature_file()
-    if dataset is None or features is None:
-        pytest.skip("needs DBP15K zh_en ($PSQE_DATA or ../shared/data) and its R2 feature file ($PSQE_BENCH_FEATURES)")
-    benchmark.group = f"{model} on DBP15K zh_en R2, 1,000 pairs: batch rows vs full pass (fresh process)"
-    result = pedantic(benchmark, _run, args=(dataset, features, model),
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_rows(benchmark, model, impl, device):
+    dataset, features = _inputs()
+    benchmark.group = f"{model} on DBP15K zh_en R2, 1,000 pairs, {device}: batch rows vs full pass (fresh process)"
+    result = pedantic(benchmark, _run, args=(dataset, features, model, device),
                       kwargs={"pairs": 1000, "rows_per_batch": impl == "psqe"}, rounds=1)
     record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
     assert result["train_pairs"] == 1000 and result["seconds_per_epoch"] > 0
+
+
+@pytest.mark.big
+@pytest.mark.cuda
+def test_meaformer_schedule_cuda(benchmark):
+    dataset, features = _inputs()
+    benchmark.group = "MEAformer's whole schedule (250 epochs) on DBP15K zh_en R2, 4,500 gold pairs, cuda"
+    result = pedantic(benchmark, _run, args=(dataset, features, "meaformer", "cuda"), kwargs={"epochs": None},
+                      rounds=1)
+    record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
+    assert result["epochs"] == result["default_epochs"] == 250 and result["seconds"] > 0
