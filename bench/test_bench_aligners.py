@@ -26,6 +26,9 @@ minutes on a GPU".
 On a GPU machine, which has no text model, ``bench/device_check.sh``
 builds the feature file with ``psqe features --no-text``: the aligners' inputs
 are the same, only the seed generator's text slots are left out.
+``PSQE_BENCH_RECORD=FILE`` appends each run's numbers to FILE as a JSON line
+as soon as the run ends (pytest-benchmark writes its JSON only at the end of
+the session, and a time limit may cut that).
 """
 from __future__ import annotations
 
@@ -64,8 +67,11 @@ if "rows_per_batch" in args:
 default_epochs = cfg.epochs
 epochs = default_epochs if args["epochs"] is None else args["epochs"]
 cfg = dataclasses.replace(cfg, epochs=epochs, device=args["device"])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+try:  # reset the peak RSS (some kernels refuse it: the peak then includes loading)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 result = fit(model, data, train, cfg, progress=False)
 if args["device"] == "cuda":
     torch.cuda.synchronize()
@@ -101,7 +107,11 @@ def _run(dataset, features, model: str, device: str = "cpu", **extra) -> dict:
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{model} child failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    line = done.stdout.strip().splitlines()[-1]
+    if os.environ.get("PSQE_BENCH_RECORD"):  # each run's numbers as soon as it ends (a killed session writes no JSON)
+        with open(os.environ["PSQE_BENCH_RECORD"], "a", encoding="utf-8") as f:
+            f.write(json.dumps({"args": {k: v for k, v in args.items() if k != "dataset"}, **json.loads(line)}) + "\n")
+    return json.loads(line)
 
 
 @pytest.mark.big

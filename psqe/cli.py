@@ -212,7 +212,7 @@ def _features(args) -> int:
 
 def _seeds(args, parser) -> int:
     from .data import load_dataset
-    from .features import load_feature_set
+    from .features import load_feature_set, require_seed_slots
     from .seeds.compare import compare_generators, write_distribution_plot
     from .seeds.config import PSQEConfig
     from .seeds.io import write_result
@@ -238,6 +238,7 @@ def _seeds(args, parser) -> int:
         parser.error(f"--config {args.config}: {err}")
     pair = load_dataset(args.dataset, root=args.root)
     load_feature_set(pair, args.features)
+    require_seed_slots(pair, f"--features {args.features}")
     result = generate_seeds(pair.kg1, pair.kg2, config, links=pair.links)
     _, seeds, quality = compare_generators(pair, config, result=result)
     write_result(result, args.out, dataclasses.asdict(config), generators=quality)

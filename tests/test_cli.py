@@ -112,6 +112,13 @@ def test_seeds_command_writes_every_file(tmp_path):
     assert set(report["generators"]) == {"psqe", "type1", "type2"}
     assert report["generators"]["psqe"]["count"] == report["seeds"]
     assert (out / "seed_distribution.svg").read_text().startswith("<svg")
+    # a feature file without the relation text slot (`psqe features --no-text`) makes no seeds
+    for kg in (pair.kg1, pair.kg2):
+        kg.features.pop("relation"), kg.present.pop("relation")
+    save_feature_set(pair, tmp_path / "no-text.safetensors")
+    with pytest.raises(ValueError, match=r"--features .*no-text\.safetensors: no 'relation' feature on kg1 and kg2"):
+        main(["seeds", str(folder), "--features", str(tmp_path / "no-text.safetensors"), "--out", str(tmp_path / "o2")])
+    assert not (tmp_path / "o2").exists()
 
 
 

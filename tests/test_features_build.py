@@ -11,7 +11,7 @@ pytest.importorskip("transformers", reason="the text encoder needs transformers 
 
 from features_data import random_pair, tiny_bert
 from psqe.data import KGPair
-from psqe.features import build_feature_set, entity_names, load_feature_set, save_feature_set
+from psqe.features import build_feature_set, entity_names, load_feature_set, require_seed_slots, save_feature_set
 from psqe.features.text import TextEncoder
 
 SMALL_SIM = {"dim": 128, "latent_dim": 16, "budget": 100}
@@ -73,7 +73,8 @@ def test_without_text_the_aligners_inputs_are_the_same(pair, bert, tmp_path, mon
     """text=False loads no text model and leaves out the text slots; every other table is the one a
     build with the text encoder gives (same seed and noise scale)."""
     with_text = build(pair, "R2", bert, tmp_path, noise_scale=0.5)
-    tables = {k: (kg.features[k].clone(), kg.present[k].clone()) for kg in (pair.kg1,) for k in kg.features}
+    tables = {(side, k): (kg.features[k].clone(), kg.present[k].clone())
+              for side, kg in ((1, pair.kg1), (2, pair.kg2)) for k in kg.features}
     fresh = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
 
     def no_model(*args, **kwargs):
@@ -81,14 +82,19 @@ def test_without_text_the_aligners_inputs_are_the_same(pair, bert, tmp_path, mon
 
     monkeypatch.setattr("psqe.features.build.TextEncoder", no_model)
     summary = build_feature_set(fresh, "R2", seed=0, glove=False, simulation=SMALL_SIM, noise_scale=0.5, text=False)
-    assert set(tables) - set(fresh.kg1.features) == {"relation"}
-    for k in fresh.kg1.features:
-        assert torch.equal(fresh.kg1.features[k], tables[k][0]) and torch.equal(fresh.kg1.present[k], tables[k][1]), k
+    for side, kg in ((1, fresh.kg1), (2, fresh.kg2)):
+        assert {k for s, k in tables if s == side} - set(kg.features) == {"relation"}
+        for k in kg.features:
+            assert torch.equal(kg.features[k], tables[side, k][0]) and torch.equal(kg.present[k], tables[side, k][1])
     assert summary["text_model"] is None and with_text["text_model"] is not None
     assert summary["absent"]["relation"] == summary["absent"]["attribute"] == "no text encoder (text=False)"
     assert summary["calibration"]["noise_scale"] == with_text["calibration"]["noise_scale"] == 0.5
     with pytest.raises(ValueError, match="not for R1"):
         build_feature_set(fresh, "R1", glove=False, text=False)
+    # no seeds from such a feature set: the seed generator would weigh its visual slot alone
+    require_seed_slots(pair, "with text")
+    with pytest.raises(ValueError, match=r"f\.safetensors: no 'relation' feature on kg1 and kg2 \(a feature file built with --no-text"):
+        require_seed_slots(fresh, "f.safetensors")
 
 
 def test_attributes_when_both_graphs_have_them(pair, bert, tmp_path):

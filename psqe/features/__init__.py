@@ -8,7 +8,8 @@ when an encoder needs them.
 from __future__ import annotations
 
 from ._util import default_cache_dir, uri_to_text
-from .build import SETTINGS, build_feature_set, entity_names, load_feature_set, save_feature_set
+from .build import (NO_TEXT, SETTINGS, build_feature_set, entity_names, load_feature_set, require_seed_slots,
+                    save_feature_set)
 from .image import ImageEncoder, build_backbone, fill_missing, images_in_folder
 from .simulated import SimulatedVisual, SimulationConfig, simulate_visual
 from .surface import (GloveVectors, attribute_bags, char_bigram_features, char_bigram_vocab, glove_name_features,
@@ -16,9 +17,9 @@ from .surface import (GloveVectors, attribute_bags, char_bigram_features, char_b
 from .text import TextEncoder, attribute_texts, default_text_model, relation_texts
 
 __all__ = [
-    "SETTINGS", "GloveVectors", "ImageEncoder", "SimulatedVisual", "SimulationConfig", "TextEncoder",
+    "NO_TEXT", "SETTINGS", "GloveVectors", "ImageEncoder", "SimulatedVisual", "SimulationConfig", "TextEncoder",
     "attribute_bags", "attribute_texts", "build_backbone", "build_feature_set", "char_bigram_features",
     "char_bigram_vocab", "default_cache_dir", "default_text_model", "entity_names", "fill_missing",
     "glove_name_features", "images_in_folder", "load_feature_set", "load_glove", "relation_bags",
-    "relation_texts", "save_feature_set", "simulate_visual", "tokenize", "uri_to_text",
+    "relation_texts", "require_seed_slots", "save_feature_set", "simulate_visual", "tokenize", "uri_to_text",
 ]

@@ -49,6 +49,8 @@ from .text import TextEncoder, attribute_texts, relation_texts
 log = logging.getLogger(__name__)
 
 SETTINGS = ("R0", "R1", "R2")
+#: Why a feature set built with ``text=False`` lacks its text slots (its summary's ``absent`` entries).
+NO_TEXT = "no text encoder (text=False)"
 _ID_TOKEN = re.compile(r"[a-z]?\d+")
 
 
@@ -151,8 +153,7 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
 
     t = time.perf_counter()
     if enc is None:
-        off = "no text encoder (text=False)"
-        summary["absent"].update(relation=off, attribute=off)
+        summary["absent"].update(relation=NO_TEXT, attribute=NO_TEXT)
         log.warning("relation and attribute text slots left out (text=False): this feature set feeds the "
                     "aligners; the seed generator would see its visual slot alone")
     else:
@@ -220,6 +221,24 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
     log.info("feature set %s for %s built in %.1f s: %s", setting, pair.name or "pair", summary["seconds"]["total"],
              ", ".join(f"{k} {v['dim']}-d" for k, v in summary["modalities"].items()))
     return summary
+
+
+def require_seed_slots(pair, source: str) -> None:
+    """Refuse to make seeds from a feature set without the ``relation`` text slot.
+
+    Every feature set that :func:`build_feature_set` makes with its text encoder has
+    ``relation``; one made with ``text=False`` (``psqe features --no-text``) has not,
+    and the seed generator would then weigh its visual slot alone. ``source``
+    names the features in the message.
+
+    >>> from psqe.data.synthetic import make_pair
+    >>> require_seed_slots(make_pair(20, seed=0), "f.safetensors")  # the synthetic pair has every slot
+    """
+    lacking = [f"kg{k}" for k, kg in ((1, pair.kg1), (2, pair.kg2)) if "relation" not in kg.features]
+    if lacking:
+        raise ValueError(f"{source}: no 'relation' feature on {' and '.join(lacking)} (a feature file built with "
+                         "--no-text?): the seed generator would weigh its visual slot alone; build the features "
+                         "with the text encoder to make seeds")
 
 
 def save_feature_set(pair, path: str | os.PathLike, summary: dict | None = None) -> None:

@@ -100,6 +100,7 @@ def make_seeds(config, pair, out: Path):
     ``seeds/quality.json`` as it now stands: one entry per finished seed set
     of the folder, this run's and earlier runs'.
     """
+    from ..features import require_seed_slots
     from ..seeds.pipeline import baseline_seeds, generate_seeds, seed_quality
 
     folder = out / "seeds"
@@ -118,6 +119,7 @@ def make_seeds(config, pair, out: Path):
         if path.exists() and method in quality:  # checked by check_seed_files
             seeds[method] = read_seeds(path)
             continue
+        require_seed_slots(pair, f"reproduce: the features of {config.dataset} ({config.features or 'built here'})")
         start = time.perf_counter()
         if method == "psqe":
             result = generate_seeds(pair.kg1, pair.kg2, cfg, links=pair.links)
