@@ -107,11 +107,11 @@ def _run(dataset, features, model: str, device: str = "cpu", **extra) -> dict:
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{model} child failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    line = done.stdout.strip().splitlines()[-1]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     if os.environ.get("PSQE_BENCH_RECORD"):  # each run's numbers as soon as it ends (a killed session writes no JSON)
         with open(os.environ["PSQE_BENCH_RECORD"], "a", encoding="utf-8") as f:
-            f.write(json.dumps({"args": {k: v for k, v in args.items() if k != "dataset"}, **json.loads(line)}) + "\n")
-    return json.loads(line)
+            f.write(json.dumps({"args": {k: v for k, v in args.items() if k != "dataset"}, **result}) + "\n")
+    return result
 
 
 @pytest.mark.big
