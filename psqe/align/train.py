@@ -42,16 +42,16 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import ops
 from .data import AlignData
 from .metrics import rank_metrics
+from .selection import free_entities, mutual_nearest
 
 log = logging.getLogger(__name__)
 
@@ -164,19 +164,9 @@ class MutualNeighbours:
 
     def check(self, joint: Tensor, train: Tensor) -> Tensor | None:
         """One check; returns the pairs to add when a cycle completes, else None."""
-        used = torch.zeros(self.n, dtype=torch.bool, device=joint.device)
-        used[train.flatten()] = True
-        if self.blocked is not None:
-            used[self.blocked.flatten().to(joint.device)] = True
-        free_l = (~used[: self.n1]).nonzero().flatten()
-        free_r = (~used[self.n1:]).nonzero().flatten() + self.n1
-        keys = torch.zeros(0, dtype=torch.long, device=joint.device)
-        if free_l.numel() and free_r.numel():
-            j = F.normalize(joint.float(), dim=1)
-            _, a, _, b = ops.topk_similarity_both(j[free_l], j[free_r], 1)  # best partner each way, one pass
-            a, b = a[:, 0], b[:, 0]
-            mutual = b[a] == torch.arange(free_l.numel(), device=joint.device)
-            keys = free_l[mutual] * self.n + free_r[a[mutual]]
+        free_l, free_r = free_entities(self.n, self.n1, train, self.blocked, device=joint.device)
+        left, right, _ = mutual_nearest(joint, free_l, free_r)
+        keys = left * self.n + right
         self.keys = keys if self.count == 0 else keys[torch.isin(keys, self.keys)]
         self.count += 1
         if self.count < self.persist:
@@ -196,7 +186,8 @@ def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
 
 
 def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainConfig | None = None,
-        val_pairs: Tensor | None = None, progress: bool | None = None) -> TrainResult:
+        val_pairs: Tensor | None = None, progress: bool | None = None,
+        monitor: Callable[[int, nn.Module, AlignData], dict] | None = None) -> TrainResult:
     """Train ``model`` (module docstring) on ``train_pairs``; returns a :class:`TrainResult`.
 
     ``train_pairs`` / ``val_pairs``: int64 ``[S, 2]`` pair-index pairs (map
@@ -204,6 +195,10 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     one-to-one. Model and data move to ``config.device``. ``progress``: a tqdm
     bar (default: when stderr is a terminal). Deterministic by ``config.seed``
     on CPU: it seeds the global generator (dropout) and the batching generator.
+    ``monitor(epoch, model, data)``: called at each evaluation (every
+    ``eval_every`` epochs and the last, with or without ``val_pairs``); the
+    numbers it returns join that evaluation's ``val_history`` entry, never
+    the selection (``bench/selection_study.py`` records test accuracy there).
     """
     cfg = config or TrainConfig()
     dev = torch.device(cfg.device)
@@ -255,9 +250,12 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
                 train = torch.cat([train, new])
                 result.il_added.append((epoch, int(new.shape[0])))
                 log.info("iterative learning, epoch %d: %d pairs added, %d in all", epoch + 1, new.shape[0], train.shape[0])
-        if val is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            metrics = _validate(model, data, val, cfg)
-            result.val_history.append({"epoch": epoch, **metrics})
+        due = cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+        if due and (val is not None or monitor is not None):
+            metrics = {} if val is None else _validate(model, data, val, cfg)
+            result.val_history.append({"epoch": epoch, **metrics, **(monitor(epoch, model, data) if monitor else {})})
+            if val is None:
+                continue
             if result.best_score is None or metrics[cfg.select_metric] > result.best_score:
                 result.best_epoch, result.best_score, stale = epoch, metrics[cfg.select_metric], 0
                 if cfg.restore_best:

@@ -1,0 +1,121 @@
+"""Which label-free signal picks the epoch when an aligner trains on pseudo-seeds?
+
+Trains one aligner on each seed set of a report folder, with 10% of the seeds
+held out (as ``--clean-selection val`` does), and every ``--every`` epochs
+records, through ``fit``'s ``monitor``:
+
+- the held-out seeds' MRR and H@1 (``val_*``: the selection ``psqe`` offers now);
+- the label-free scores of :func:`psqe.align.selection.label_free_scores` over
+  the entities neither the training nor the held-out seeds use (``mnn``,
+  ``mnn_cos``);
+- the report's clean test H@1 (``test_hits@1``: the oracle, never a criterion).
+
+Writes ``OUT/<model>-<method>.json`` (the history) after each run and
+``OUT/selection.md``: per seed set, the test H@1 at the epoch each criterion
+picks, at the last epoch and at the best, and each criterion's rank
+correlation with test H@1 over the run.
+
+Usage (seeds: a folder with ``uvp.tsv``, ``multimodal.tsv``, ``psqe.tsv``, e.g.
+``bench/results/seeds/DBP15K-zh_en-R2``)::
+
+    python bench/selection_study.py --dataset DBP15K/zh_en --root DATA --features F.safetensors \\
+        --seeds bench/results/seeds/DBP15K-zh_en-R2 --model mclea --epochs 500 --every 25 --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from psqe.align import AlignData, build_aligner, embed, evaluate, fit
+from psqe.align.selection import label_free_scores, picks, rank_correlation
+from psqe.data import load_dataset
+from psqe.features import load_feature_set
+from psqe.features._util import atomic_write
+from psqe.reproduce.cells import report_clean_split
+from psqe.seeds.io import read_seeds
+
+log = logging.getLogger("selection_study")
+METHODS = ("uvp", "multimodal", "psqe")
+CRITERIA = ("val_mrr", "val_hits@1", "mnn", "mnn_cos")
+TARGET = "test_hits@1"
+
+
+def run_one(model_name, data, split, epochs, every, seed) -> list[dict]:
+    """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs."""
+    model, config = build_aligner(model_name, data, seed=seed, epochs=epochs)
+    config = dataclasses.replace(config, eval_every=every, restore_best=False, seed=seed)
+
+    def monitor(epoch, m, d):
+        emb = embed(m, d)
+        test = evaluate(emb, split, d)
+        scores = label_free_scores(emb["joint"], d.n1, split.train, split.val)
+        return {**scores, TARGET: test["hits@1"], "test_mrr": test["mrr"]}
+
+    torch.manual_seed(seed)
+    result = fit(model, data, split.train, config, val_pairs=split.val, monitor=monitor)
+    # fit's own validation keys carry no prefix; name them apart from the test's
+    return [{("val_" + k if k in ("mrr", "hits@1", "hits@10") else k): v for k, v in row.items()}
+            for row in result.val_history]
+
+
+def table(histories: dict[str, list[dict]]) -> str:
+    """The Markdown summary of ``histories`` ({method: history})."""
+    cols = (*CRITERIA, "final", "oracle")
+    lines = ["| seeds | " + " | ".join(f"{c} pick" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for method, hist in histories.items():
+        chosen = picks(hist, CRITERIA, TARGET)
+        lines.append(f"| {method} | " + " | ".join(f"{chosen[c][TARGET]:.4f} (ep {chosen[c]['epoch'] + 1})"
+                                                  for c in cols) + " |")
+    lines += ["", "Rank correlation with test H@1 over the run (Spearman):", "",
+              "| seeds | " + " | ".join(CRITERIA) + " |", "|---" * (len(CRITERIA) + 1) + "|"]
+    for method, hist in histories.items():
+        target = [r[TARGET] for r in hist]
+        lines.append(f"| {method} | " + " | ".join(f"{rank_correlation([r[c] for r in hist], target):+.2f}"
+                                                  for c in CRITERIA) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--features", required=True, type=Path)
+    p.add_argument("--seeds", required=True, type=Path, help="folder with the report's seed sets")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--model", default="mclea")
+    p.add_argument("--epochs", type=int, default=None, help="default: the model's own schedule")
+    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--train-seed", type=int, default=42)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.every < 1:
+        p.error(f"--every must be >= 1, got {args.every}")
+    pair = load_dataset(args.dataset, root=args.root)
+    load_feature_set(pair, args.features)
+    data = AlignData.from_pair(pair)
+    seed_sets = {m: read_seeds(args.seeds / f"{m}.tsv") for m in METHODS}  # all three define the common test
+    histories = {}
+    for method in args.methods.split(","):
+        if method not in seed_sets:
+            p.error(f"--methods: unknown seed set {method!r}; known: {', '.join(METHODS)}")
+        split = report_clean_split(pair, seed_sets[method], list(seed_sets.values()), "val", args.train_seed)
+        split = split.to_pair_index(data)
+        log.info("%s on %s: %d training seeds, %d held out, %d test links", args.model, method,
+                 split.train.shape[0], split.val.shape[0], split.test.shape[0])
+        histories[method] = run_one(args.model, data, split, args.epochs, args.every, args.train_seed)
+        text = json.dumps(histories[method], indent=1)
+        atomic_write(args.out / f"{args.model}-{method}.json", lambda tmp: Path(tmp).write_text(text))
+        summary = table(histories)
+        atomic_write(args.out / "selection.md", lambda tmp: Path(tmp).write_text(summary))
+        log.info("\n%s", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Label-free signals of alignment quality: mutual nearest neighbours among the entities no pair uses.
+
+Training on pseudo-seeds has no gold links to select a model with. What it
+does have is the rest of the two graphs: an aligner that has learnt a good
+joint space makes many entities that no seed touches each other's nearest
+neighbour across the graphs, at high similarity. :func:`label_free_scores`
+counts them (fused top-1 both ways, no ``n x m`` matrix); iterative
+learning proposes the same pairs (:class:`psqe.align.MutualNeighbours`).
+
+>>> import torch
+>>> joint = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])  # kg1: 0, 1; kg2: 2, 3
+>>> scores = label_free_scores(joint, n1=2)
+>>> scores["mnn"], round(scores["mnn_rate"], 2), round(scores["mnn_cos"], 3)
+(2, 1.0, 0.995)
+>>> label_free_scores(joint, 2, torch.tensor([[0, 2]]))["mnn"]  # 0 and 2 are seeds: only 1-3 is free
+1
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+
+#: The keys of :func:`label_free_scores`.
+LABEL_FREE_KEYS = ("mnn", "mnn_rate", "mnn_cos")
+
+
+def free_entities(num_entities: int, n1: int, *pairs: Tensor | None, device=None) -> tuple[Tensor, Tensor]:
+    """The kg1 and kg2 pair indices (kg2 offset by ``n1``) in none of ``pairs`` (``[S, 2]`` pair-index tables)."""
+    used = torch.zeros(num_entities, dtype=torch.bool, device=device)
+    for p in pairs:
+        if p is not None and p.numel():
+            used[p.flatten().to(used.device)] = True
+    return (~used[:n1]).nonzero().flatten(), (~used[n1:]).nonzero().flatten() + n1
+
+
+def mutual_nearest(joint: Tensor, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairs of ``left`` x ``right`` rows of ``joint`` that are each other's nearest (cosine) neighbour.
+
+    Returns their pair indices ``(l, r)`` and cosines; empty when either side is.
+    """
+    if not (left.numel() and right.numel()):
+        empty = torch.zeros(0, dtype=torch.long, device=joint.device)
+        return empty, empty, torch.zeros(0, device=joint.device)
+    j = F.normalize(joint.float(), dim=1)
+    sim, a, _, b = ops.topk_similarity_both(j[left], j[right], 1)  # best partner each way, one pass
+    a, b, sim = a[:, 0], b[:, 0], sim[:, 0]
+    mutual = b[a] == torch.arange(left.numel(), device=joint.device)
+    return left[mutual], right[a[mutual]], sim[mutual]
+
+
+@torch.no_grad()
+def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None) -> dict[str, float]:
+    """Mutual nearest neighbours among the entities in none of ``used`` (training, validation pairs).
+
+    ``mnn``: how many; ``mnn_rate``: that over the free kg1 entities;
+    ``mnn_cos``: their mean cosine (0 when there are none). Higher is better
+    for each, all else equal; which of them tracks test accuracy over a run is
+    measured in ``bench/selection_study.py``.
+    """
+    left, right = free_entities(joint.shape[0], n1, *used, device=joint.device)
+    _, _, cos = mutual_nearest(joint, left, right)
+    count = int(cos.numel())
+    return {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0}
+
+
+def picks(history: list[dict], criteria: tuple[str, ...], target: str) -> dict[str, dict]:
+    """What selecting by each of ``criteria`` over ``history`` (``TrainResult.val_history``) would give.
+
+    For each criterion: the evaluation with its highest value (the first of
+    ties, as :func:`psqe.align.fit` selects) and ``target`` there. Also
+    ``"final"`` (the last evaluation) and ``"oracle"`` (the best ``target``,
+    which no label-free run can know). Ties resolve to the earliest epoch.
+
+    >>> h = [{"epoch": 9, "mnn": 5, "h1": 0.2}, {"epoch": 19, "mnn": 9, "h1": 0.4}, {"epoch": 29, "mnn": 7, "h1": 0.3}]
+    >>> picks(h, ("mnn",), "h1")
+    {'mnn': {'epoch': 19, 'h1': 0.4}, 'final': {'epoch': 29, 'h1': 0.3}, 'oracle': {'epoch': 19, 'h1': 0.4}}
+    """
+    if not history:
+        raise ValueError("picks: the history is empty (was eval_every set?)")
+
+    def at(i: int) -> dict:
+        return {"epoch": history[i]["epoch"], target: history[i][target]}
+
+    def best(key: str) -> int:
+        return max(range(len(history)), key=lambda i: (history[i][key], -i))
+
+    return {**{c: at(best(c)) for c in criteria}, "final": at(len(history) - 1), "oracle": at(best(target))}
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two equal-length sequences (ties get their mean rank); nan below 2 values.
+
+    >>> rank_correlation([1, 2, 3, 4], [10, 20, 30, 25])
+    0.8
+    """
+    if len(a) != len(b):
+        raise ValueError(f"rank_correlation: lengths differ ({len(a)} and {len(b)})")
+    if len(a) < 2:
+        return float("nan")
+
+    def ranks(x) -> Tensor:
+        t = torch.as_tensor(x, dtype=torch.float64)
+        below, equal = (t[:, None] > t[None, :]).sum(1), (t[:, None] == t[None, :]).sum(1)
+        return below.double() + 0.5 * (equal.double() - 1)
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float((ra.square().sum() * rb.square().sum()).sqrt())
+    return float((ra * rb).sum()) / den if den else float("nan")
+
+
+__all__ = ["LABEL_FREE_KEYS", "free_entities", "label_free_scores", "mutual_nearest", "picks", "rank_correlation"]

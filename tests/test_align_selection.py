@@ -1,0 +1,97 @@
+"""psqe.align.selection (label-free scores, the study's picks and rank
+correlation) and ``fit``'s ``monitor``: against brute force, scipy and the
+run without a monitor."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from psqe.align import AlignData, TrainConfig, embed, fit
+from psqe.align.selection import free_entities, label_free_scores, mutual_nearest, picks, rank_correlation
+from psqe.data.synthetic import make_pair
+
+from test_align_train import Tiny
+
+pytestmark = pytest.mark.one_thread
+
+
+def brute_mutual(joint, n1, used):
+    """Mutual nearest neighbours by a dense cosine matrix over the entities outside ``used``."""
+    free = [i for i in range(joint.shape[0]) if i not in used]
+    left, right = [i for i in free if i < n1], [i for i in free if i >= n1]
+    s = F.normalize(joint[left].double(), dim=1) @ F.normalize(joint[right].double(), dim=1).t()
+    a, b = s.argmax(1), s.argmax(0)
+    return [(left[i], right[int(a[i])], float(s[i, a[i]])) for i in range(len(left)) if int(b[a[i]]) == i]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_free_scores_match_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    n1, n2, d = 70, 90, 12
+    base = torch.randn(n2, d, generator=g)
+    joint = torch.cat([base[:n1] + 0.8 * torch.randn(n1, d, generator=g), base])  # kg1 i ~ kg2 n1 + i, noisy
+    train = torch.tensor([[0, n1], [5, n1 + 7], [9, n1 + 40]])
+    val = torch.tensor([[12, n1 + 12]])
+    want = brute_mutual(joint, n1, set(train.flatten().tolist()) | set(val.flatten().tolist()))
+    left, right, cos = mutual_nearest(joint, *free_entities(n1 + n2, n1, train, val))
+    assert sorted(zip(left.tolist(), right.tolist())) == sorted((l, r) for l, r, _ in want)
+    scores = label_free_scores(joint, n1, train, None, val)
+    assert scores["mnn"] == len(want) > 10
+    assert scores["mnn_rate"] == pytest.approx(len(want) / (n1 - 4))
+    assert scores["mnn_cos"] == pytest.approx(sum(c for *_, c in want) / len(want), abs=1e-5)
+
+
+def test_label_free_scores_with_nothing_free():
+    joint = torch.randn(4, 3)
+    every = torch.tensor([[0, 2], [1, 3]])
+    assert label_free_scores(joint, 2, every) == {"mnn": 0, "mnn_rate": 0.0, "mnn_cos": 0.0}
+
+
+def test_picks_and_rank_correlation_against_scipy():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randint(0, 6, (40,), generator=g).tolist()  # many ties
+    b = (torch.tensor(a) + torch.randint(0, 4, (40,), generator=g)).tolist()
+    assert rank_correlation(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert math.isnan(rank_correlation([1], [2])) and math.isnan(rank_correlation([1, 1], [1, 2]))
+    with pytest.raises(ValueError, match="lengths differ"):
+        rank_correlation([1, 2], [1])
+    hist = [{"epoch": e, "c": c, "t": t} for e, c, t in ((4, 1, 0.1), (9, 3, 0.5), (14, 3, 0.6), (19, 2, 0.4))]
+    chosen = picks(hist, ("c", "t"), "t")
+    assert chosen == {"c": {"epoch": 9, "t": 0.5}, "t": {"epoch": 14, "t": 0.6},  # ties: the first, as fit keeps
+                      "final": {"epoch": 19, "t": 0.4}, "oracle": {"epoch": 14, "t": 0.6}}
+    with pytest.raises(ValueError, match="history is empty"):
+        picks([], ("c",), "t")
+
+
+@pytest.fixture(scope="module")
+def pair_data():
+    pair = make_pair(300, seed=1, noise={"visual": 0.5, "attribute": 1.0, "relation": 1.0})
+    return AlignData.from_pair(pair, modalities=["visual"])
+
+
+def test_monitor_sees_each_evaluation_and_changes_nothing(pair_data):
+    data = pair_data
+    seeds, val = data.links[:60], data.links[60:90]
+    cfg = TrainConfig(epochs=7, lr=1e-2, batch_size=512, eval_every=3)
+    seen = []
+
+    def monitor(epoch, model, d):
+        seen.append(epoch)
+        return {"mnn": label_free_scores(embed(model, d)["joint"], d.n1, seeds)["mnn"]}
+
+    bare = fit(Tiny(data), data, seeds, cfg, val_pairs=val, progress=False)
+    watched = fit(Tiny(data), data, seeds, cfg, val_pairs=val, progress=False, monitor=monitor)
+    assert seen == [2, 5, 6]  # every 3 epochs and the last
+    assert watched.losses == bare.losses and watched.best_epoch == bare.best_epoch
+    assert [{k: v for k, v in h.items() if k != "mnn"} for h in watched.val_history] == bare.val_history
+    assert all(h["mnn"] > 0 for h in watched.val_history)
+    # without validation pairs the monitor still runs, and nothing is selected or restored
+    seen.clear()
+    alone = fit(Tiny(data), data, seeds, cfg, progress=False, monitor=monitor)
+    assert seen == [2, 5, 6] and alone.best_epoch is None and alone.losses == bare.losses
+    assert [h["epoch"] for h in alone.val_history] == [2, 5, 6]
+
