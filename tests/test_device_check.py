@@ -41,3 +41,16 @@ def test_the_seed_sets_it_copies_are_complete():
         assert (folder / name).is_file(), name
     rows = (folder / "psqe.tsv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 990 and all(len(r.split("\t")) == 2 for r in rows)
+
+
+def test_the_cpu_test_names_the_cuda_tests_borrow_exist():
+    """tests/test_cuda_training.py reuses the CPU tests' bounds and helpers (``test_align_eva.BOUND``, ...);
+    a rename there would break it only where CUDA runs, so every borrowed name is looked up here."""
+    import importlib
+
+    text = (ROOT / "tests" / "test_cuda_training.py").read_text(encoding="utf-8")
+    borrowed = set(re.findall(r"\b(test_\w+)\.([A-Za-z_]\w*)\b", text))
+    assert {m for m, _ in borrowed} == {"test_align_eva", "test_align_mclea", "test_align_meaformer",
+                                         "test_align_pcmea", "test_pipeline"}
+    for module, name in sorted(borrowed):
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
