@@ -134,8 +134,9 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
                         "(eva, mclea, meaformer; PCMEA has its own pseudo-labels)")
     p.add_argument("--root", default=None, help="data root for dataset names")
     p.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
-    p.add_argument("--clean-selection", choices=["final", "val"], default="final",
-                   help="clean protocol: keep the last epoch (default) or the best on 10%% of the seeds held out")
+    p.add_argument("--clean-selection", choices=["final", "val", "mnn"], default="final",
+                   help="clean protocol: keep the last epoch (default), the best on 10%% of the seeds held out, or "
+                        "(mnn, label-free) the one with the most mutual nearest neighbours among entities no seed uses")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of the aligners' training alone (default: --seed); another one over the same seeds "

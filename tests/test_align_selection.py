@@ -95,3 +95,47 @@ def test_monitor_sees_each_evaluation_and_changes_nothing(pair_data):
     assert seen == [2, 5, 6] and alone.best_epoch is None and alone.losses == bare.losses
     assert [h["epoch"] for h in alone.val_history] == [2, 5, 6]
 
+
+
+class WithExtra(Tiny):
+    """Tiny with pairs of its own (as PCMEA's pseudo-links): trained on, and not free."""
+
+    def __init__(self, data, extra):
+        super().__init__(data)
+        self.extra = extra
+
+    def extra_train_pairs(self):
+        return self.extra
+
+
+def best_is_not_last(values) -> bool:
+    return values.index(max(values)) < len(values) - 1
+
+
+def test_label_free_selection_picks_and_restores_the_most_mutual_epoch(pair_data):
+    data = pair_data
+    seeds, extra = data.links[:60], data.links[200:210]
+    cfg = TrainConfig(epochs=12, lr=3e-2, batch_size=512, eval_every=2, select_metric="mnn")
+    model = WithExtra(data, extra)
+    res = fit(model, data, seeds, cfg, progress=False)
+    counts = [h["mnn"] for h in res.val_history]
+    assert [h["epoch"] for h in res.val_history] == [1, 3, 5, 7, 9, 11]
+    assert best_is_not_last(counts)  # so that restoring is tested
+    best = counts.index(max(counts))
+    assert res.best_epoch == res.val_history[best]["epoch"] and res.best_score == max(counts)
+    joint = embed(model, data)["joint"]
+    assert label_free_scores(joint, data.n1, seeds, extra) == {k: res.val_history[best][k] for k in ("mnn", "mnn_rate", "mnn_cos")}
+    assert res.best_state is None  # restored
+    kept = WithExtra(data, extra)
+    res2 = fit(kept, data, seeds, TrainConfig(**{**cfg.__dict__, "restore_best": False}), progress=False)
+    final = label_free_scores(embed(kept, data)["joint"], data.n1, seeds, extra)["mnn"]
+    assert final == counts[-1] and res2.best_epoch == res.best_epoch
+    kept.load_state_dict(res2.best_state)
+    assert label_free_scores(embed(kept, data)["joint"], data.n1, seeds, extra)["mnn"] == max(counts)
+
+
+def test_label_free_selection_is_refused_with_iterative_learning():
+    with pytest.raises(ValueError, match="iterative learning"):
+        TrainConfig(select_metric="mnn", il=True)
+    with pytest.raises(ValueError, match="select_metric"):
+        TrainConfig(select_metric="mnn_rate")

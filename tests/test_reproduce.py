@@ -349,6 +349,31 @@ def test_align_command(dataset, tmp_path, capsys):
         main([*common, "--clean-selection", "val"])
 
 
+def test_label_free_clean_selection_shares_the_run(dataset, tmp_path):
+    """--clean-selection mnn: one run; legacy keeps its last epoch, clean scores the epoch the label-free
+    score picked, as a run stopped there scores it (EVA's constant lr makes the first epochs alike)."""
+    folder, features, pair = dataset
+    seeds = tmp_path / "seeds.tsv"
+    seeds.write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[:300].tolist()))
+    base = ["align", str(folder), "--seeds", str(seeds), "--model", "eva", "--features", str(features)]
+    outs = {name: tmp_path / f"{name}.json" for name in ("final", "mnn", "stopped")}
+    assert main([*base, "--epochs", "30", "--out", str(outs["final"])]) == 0
+    assert main([*base, "--epochs", "30", "--clean-selection", "mnn", "--out", str(outs["mnn"])]) == 0
+    final, mnn = (json.loads(outs[k].read_text()) for k in ("final", "mnn"))
+    assert mnn["clean"]["selection"] == "mnn" and mnn["clean"]["shared_run"] == "legacy"
+    assert _timeless(mnn["legacy"]) == {**_timeless(final["legacy"]), "commit": mnn["legacy"]["commit"]}
+    best = mnn["clean"]["best_epoch"]
+    assert best in range(29) and mnn["legacy"]["best_epoch"] is None  # an earlier epoch than the last
+    assert mnn["clean"]["test_digest"] == final["clean"]["test_digest"]
+    assert main([*base, "--epochs", str(best + 1), "--protocols", "clean", "--out", str(outs["stopped"])]) == 0
+    stopped = json.loads(outs["stopped"].read_text())["clean"]
+    keys = ("hits@1", "hits@10", "mrr", "r2l_hits@1", "queries", "candidates")
+    assert {k: mnn["clean"][k] for k in keys} == {k: stopped[k] for k in keys}
+    assert mnn["clean"]["mrr"] != final["clean"]["mrr"]  # the selected model is not the last one
+    with pytest.raises(SystemExit):
+        main([*base, "--epochs", "2", "--clean-selection", "mnn", "--iterative", "--out", str(tmp_path / "x.json")])
+
+
 def test_align_iterative_adds_mutual_neighbours(dataset, tmp_path, capsys):
     """--iterative: the schedule, then as many epochs again adding mutual nearest neighbours (EVA's iterative run)."""
     folder, features, pair = dataset

@@ -30,11 +30,16 @@ the lr from ``il_start`` (EVA: 0.2; its optimiser re-creation is not copied).
 ``lr_drop_epoch`` / ``lr_drop_factor`` multiply it from a given epoch
 whatever ``il`` is (PCMEA divides it by 5 when its pseudo-labelling starts).
 
-**Model selection**: with ``val_pairs`` and ``eval_every > 0`` the joint
-embedding is ranked on them (candidates: all of kg2; ``val_candidates="pairs"``:
-the pairs' right entities, the legacy way); the best state by
-``select_metric`` is restored (``restore_best``); ``patience`` evaluations
-without a gain stop training.
+**Model selection**: every ``eval_every`` epochs (and the last), with
+``val_pairs`` the joint embedding is ranked on them (candidates: all of kg2;
+``val_candidates="pairs"``: the pairs' right entities, the legacy way) and
+``select_metric`` is one of their ``mrr``, ``hits@1``, ``hits@10``; or,
+without labels, ``select_metric="mnn"`` (or ``"mnn_cos"``) counts the
+mutual nearest neighbours among the entities that no training, validation
+or model-added pair uses (:func:`psqe.align.selection.label_free_scores`;
+not with ``il``, whose merges change those entities). The best state is
+restored (``restore_best``; else it is left in ``TrainResult.best_state``);
+``patience`` evaluations without a gain stop training.
 """
 from __future__ import annotations
 
@@ -51,9 +56,13 @@ from tqdm.auto import tqdm
 
 from .data import AlignData
 from .metrics import rank_metrics
-from .selection import free_entities, mutual_nearest
+from .selection import free_entities, label_free_scores, mutual_nearest
 
 log = logging.getLogger(__name__)
+
+#: ``select_metric`` values ranked on ``val_pairs``, and those computed without labels (module docstring).
+VAL_METRICS = ("mrr", "hits@1", "hits@10")
+LABEL_FREE = ("mnn", "mnn_cos")
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,13 @@ class TrainConfig:
                 and self.lr_drop_factor > 0 and (self.grad_clip is None or self.grad_clip > 0)):
             raise ValueError("TrainConfig: need lr > 0, weight_decay >= 0, 0 <= warmup < 1, il_lr_scale > 0, "
                              "lr_drop_factor > 0, grad_clip > 0")
+        if self.select_metric in LABEL_FREE and self.il:
+            raise ValueError(f"TrainConfig: select_metric={self.select_metric!r} counts the entities no pair uses, "
+                             "which iterative learning's merges change; select on val_pairs with il=True")
         if self.lr_drop_epoch is not None and self.lr_drop_epoch < 0:
             raise ValueError(f"TrainConfig.lr_drop_epoch must be >= 0 or None, got {self.lr_drop_epoch}")
         for name, allowed in (("scheduler", ("none", "cosine")), ("val_candidates", ("all", "pairs")),
-                              ("select_metric", ("mrr", "hits@1", "hits@10"))):
+                              ("select_metric", (*VAL_METRICS, *LABEL_FREE))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -130,7 +142,8 @@ class TrainResult:
     """What :func:`fit` did: per-epoch ``losses``; ``val_history`` (``epoch`` and
     metrics per evaluation); ``best_epoch`` / ``best_score`` (None without
     validation); final ``train_pairs`` (seeds plus iterative learning's);
-    ``il_added``: ``(epoch, count)`` per merge."""
+    ``il_added``: ``(epoch, count)`` per merge; ``best_state``: the selected
+    epoch's ``state_dict`` when ``restore_best`` is off (else None)."""
 
     losses: list[float] = field(default_factory=list)
     val_history: list[dict[str, float]] = field(default_factory=list)
@@ -139,6 +152,7 @@ class TrainResult:
     seconds: float = 0.0
     train_pairs: Tensor | None = None
     il_added: list[tuple[int, int]] = field(default_factory=list)
+    best_state: dict[str, Tensor] | None = None
 
 
 @torch.no_grad()
@@ -251,23 +265,25 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
                 result.il_added.append((epoch, int(new.shape[0])))
                 log.info("iterative learning, epoch %d: %d pairs added, %d in all", epoch + 1, new.shape[0], train.shape[0])
         due = cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        if due and (val is not None or monitor is not None):
-            metrics = {} if val is None else _validate(model, data, val, cfg)
+        selecting = val is not None or cfg.select_metric in LABEL_FREE
+        if due and (selecting or monitor is not None):
+            metrics = _evaluate(model, data, cfg, val, train, extra)
             result.val_history.append({"epoch": epoch, **metrics, **(monitor(epoch, model, data) if monitor else {})})
-            if val is None:
+            if not selecting:
                 continue
             if result.best_score is None or metrics[cfg.select_metric] > result.best_score:
                 result.best_epoch, result.best_score, stale = epoch, metrics[cfg.select_metric], 0
-                if cfg.restore_best:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
                 if cfg.patience and stale >= cfg.patience:
                     log.info("early stop at epoch %d: no %s gain in %d evaluations", epoch + 1, cfg.select_metric, stale)
                     break
     bar.close()
-    if best_state is not None:
+    if best_state is not None and cfg.restore_best:
         model.load_state_dict(best_state)
+    elif best_state is not None:
+        result.best_state = best_state
     model.eval()
     result.seconds, result.train_pairs = time.perf_counter() - start, train
     return result
@@ -302,11 +318,20 @@ def _step(model, data, group, optimizer, scaler, params, cfg: TrainConfig, amp: 
     return float(loss.detach())
 
 
-def _validate(model: nn.Module, data: AlignData, val: Tensor, cfg: TrainConfig) -> dict[str, float]:
+def _evaluate(model: nn.Module, data: AlignData, cfg: TrainConfig, val: Tensor | None, train: Tensor,
+              extra) -> dict[str, float]:
+    """The selection numbers of one evaluation: ranks of ``val`` and, for a label-free ``select_metric``,
+    :func:`label_free_scores` over the entities in no training, model-added (``extra``) or validation pair."""
     joint = embed(model, data)["joint"]
-    if cfg.val_candidates == "pairs":
-        return rank_metrics(joint[val[:, 0]], joint[val[:, 1]], cfg.val_csls_k)
-    return rank_metrics(joint[val[:, 0]], joint[data.n1:], cfg.val_csls_k, truth=val[:, 1] - data.n1)
+    out = {}
+    if val is not None:
+        if cfg.val_candidates == "pairs":
+            out.update(rank_metrics(joint[val[:, 0]], joint[val[:, 1]], cfg.val_csls_k))
+        else:
+            out.update(rank_metrics(joint[val[:, 0]], joint[data.n1:], cfg.val_csls_k, truth=val[:, 1] - data.n1))
+    if cfg.select_metric in LABEL_FREE:
+        out.update(label_free_scores(joint, data.n1, train, val, None if extra is None else extra().to(joint.device)))
+    return out
 
 
 __all__ = ["MutualNeighbours", "TrainConfig", "TrainResult", "embed", "fit"]

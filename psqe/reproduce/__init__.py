@@ -14,7 +14,11 @@ so legacy and clean share one training run; ``"val"`` trains again with 10%
 of the seeds held out and restores the epoch that ranks them best. On
 DBP15K that picked epoch 10 of 100 in 5 of 6 seed cells: early models
 agree best with the features that made the pseudo-seeds, so selecting on
-pseudo-seeds rewards under-training (bench/results/README.md).
+pseudo-seeds rewards under-training (bench/results/README.md). ``"mnn"``
+needs no held-out seeds: legacy and clean share the run, and clean scores
+the epoch at which the most entities that no seed uses are each other's
+nearest neighbour across the graphs (:mod:`psqe.align.selection`), checked
+twenty times over the run.
 
 A finished cell is a JSON file under ``cells/``: an interrupted run resumes
 where it stopped. A resume runs only what a cell lacks: a protocol it has
@@ -89,8 +93,9 @@ class ReproduceConfig:
         seeds: seed sets among :data:`SEED_METHODS`.
         supervised: also train each model on 30% gold links.
         protocols: ``("legacy", "clean")`` or one of them.
-        clean_selection: ``"final"`` (the last epoch) or ``"val"`` (best on
-            10% of the seeds held out); see the module docstring.
+        clean_selection: ``"final"`` (the last epoch), ``"val"`` (best on
+            10% of the seeds held out) or ``"mnn"`` (label-free: the most mutual
+            nearest neighbours among the entities no seed uses); see the module docstring.
         budget: seed budget of every generator (1000 on DBP15K).
         epochs: overrides every aligner's epochs, its schedule scaled to fit
             (:func:`psqe.align.build_aligner`; None: each model's default).
@@ -142,6 +147,9 @@ class ReproduceConfig:
         if self.clean_selection not in CLEAN_SELECTIONS:
             raise ValueError(f"reproduce: clean_selection must be one of {', '.join(CLEAN_SELECTIONS)}, "
                              f"got {self.clean_selection!r}")
+        if self.iterative and self.clean_selection == "mnn" and "clean" in self.protocols:
+            raise ValueError("reproduce: clean_selection='mnn' counts the entities no pair uses, which --iterative's "
+                             "merges change; use clean_selection 'final' or 'val' with --iterative")
         if self.iterative and any(m in OWN_PSEUDO_LABELS for m in self.models):
             raise ValueError(f"reproduce: --iterative: {NO_ITERATIVE} (run pcmea in a folder without --iterative)")
         if self.setting not in ("R0", "R1", "R2"):
@@ -225,7 +233,7 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
         missing = tuple(p for p in config.protocols if _stale(cell.get(p), p, config, digest))
         if missing:
             # legacy shares the training run of a last-epoch clean entry: evaluated again, it is checked
-            again = ("legacy",) if "legacy" in cell and "clean" in missing and config.clean_selection == "final" else ()
+            again = ("legacy",) if "legacy" in cell and "clean" in missing and config.clean_selection != "val" else ()
             fresh = run_cell(config, pair, data, model, method, seeds.get(method), progress, (*again, *missing),
                              clean_exclude=list(others.values()))
             if "clean" in fresh and fresh["clean"]["test_digest"] != digest:  # else every resume would rerun it

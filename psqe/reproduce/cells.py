@@ -20,10 +20,13 @@ from ..seeds.io import read_seeds, tsv_text
 
 log = logging.getLogger(__name__)
 
-#: How the clean protocol picks the model: the last epoch, or the best on ``CLEAN_VAL_RATIO`` of the seeds held out.
-CLEAN_SELECTIONS = ("final", "val")
+#: How the clean protocol picks the model: the last epoch, the best on ``CLEAN_VAL_RATIO`` of the seeds held
+#: out, or the one with the most mutual nearest neighbours among the entities no seed uses (label-free).
+CLEAN_SELECTIONS = ("final", "val", "mnn")
 #: The share of the seeds ``clean_selection="val"`` holds out for model selection.
 CLEAN_VAL_RATIO = 0.1
+#: ``clean_selection="mnn"`` checks the label-free score this many times over a run (and at its end).
+MNN_CHECKS = 20
 
 
 def load_pair(config, out: Path):
@@ -139,10 +142,10 @@ def make_seeds(config, pair, out: Path):
 
 
 def clean_selection_ratio(selection: str) -> float:
-    """The share of the seeds the clean protocol holds out for model selection: ``CLEAN_VAL_RATIO`` for ``"val"``, 0 for ``"final"``.
+    """The share of the seeds the clean protocol holds out for model selection: ``CLEAN_VAL_RATIO`` for ``"val"``, else 0.
 
-    >>> clean_selection_ratio("val"), clean_selection_ratio("final")
-    (0.1, 0.0)
+    >>> clean_selection_ratio("val"), clean_selection_ratio("final"), clean_selection_ratio("mnn")
+    (0.1, 0.0, 0.0)
     """
     if selection not in CLEAN_SELECTIONS:
         raise ValueError(f"clean_selection must be one of {CLEAN_SELECTIONS}, got {selection!r}")
@@ -227,8 +230,11 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     The clean test excludes the 30% gold split and ``clean_exclude`` (the
     seed sets of the report) besides this cell's own training pairs
     (:func:`report_clean_split`). Protocols without a validation split (legacy, and
-    clean with ``config.clean_selection == "final"``) train the same model
-    on the same pairs, so they share one training run (``shared_run``).
+    clean with ``config.clean_selection`` ``"final"`` or ``"mnn"``) train the same model
+    on the same pairs, so they share one training run (``shared_run``): with
+    ``"mnn"`` legacy scores its last epoch and clean the epoch with the most
+    mutual nearest neighbours among the entities no seed uses (checked every
+    twentieth of the run; :mod:`psqe.align.selection`).
 
     Each protocol's entry holds the metrics of :func:`psqe.align.evaluate`,
     ``seconds``, ``epochs``, ``best_epoch``, ``train_seed`` (the seed it trained
@@ -259,19 +265,26 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         model, train_config = build_aligner(model_name, data, surface=config.surface, seed=config.training_seed,
                                             epochs=config.epochs, iterative=config.iterative)
         changes = {"seed": config.training_seed, "device": config.device}
+        label_free = "clean" in group and config.clean_selection == "mnn"
         if first.val.numel():
             changes["eval_every"] = max(1, train_config.epochs // 10)
+        elif label_free:  # legacy (if in the group) keeps the last epoch, clean the selected one
+            changes.update(eval_every=max(1, train_config.epochs // MNN_CHECKS), select_metric="mnn", restore_best=False)
         train_config = dataclasses.replace(train_config, **changes)
         torch.manual_seed(config.training_seed)
         result = fit(model.to(config.device), data, first.train, train_config,
                      val_pairs=first.val if first.val.numel() else None, progress=progress)
         embeddings = embed(model, data)
         added = added_pairs(model, result, first.train.shape[0], data)  # one per training run
-        for protocol in group:
+        for protocol in sorted(group, key=lambda p: p == "clean"):  # clean last: it may load the selected epoch
+            selected = protocol == "clean" and config.clean_selection != "final"
+            if selected and result.best_state is not None:
+                model.load_state_dict(result.best_state)
+                embeddings = embed(model, data)
             metrics = evaluate(embeddings, indexed[protocol], data)
             entry = {**{k: v if isinstance(v, int) else round(float(v), 4) for k, v in metrics.items()},
-                     "seconds": round(result.seconds, 1),
-                     "epochs": train_config.epochs, "best_epoch": result.best_epoch, "train_seed": config.training_seed,
+                     "seconds": round(result.seconds, 1), "epochs": train_config.epochs,
+                     "best_epoch": result.best_epoch if selected else None, "train_seed": config.training_seed,
                      "commit": code_commit()}
             if protocol == "clean":
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
