@@ -98,7 +98,7 @@ def test_monitor_sees_each_evaluation_and_changes_nothing(pair_data):
 
 
 class WithExtra(Tiny):
-    """Tiny with pairs of its own (as PCMEA's pseudo-links): trained on, and not free."""
+    """Tiny with pairs of its own (as PCMEA's pseudo-links): trained on, yet counted (the set is fixed at the start)."""
 
     def __init__(self, data, extra):
         super().__init__(data)
@@ -124,18 +124,25 @@ def test_label_free_selection_picks_and_restores_the_most_mutual_epoch(pair_data
     best = counts.index(max(counts))
     assert res.best_epoch == res.val_history[best]["epoch"] and res.best_score == max(counts)
     joint = embed(model, data)["joint"]
-    assert label_free_scores(joint, data.n1, seeds, extra) == {k: res.val_history[best][k] for k in ("mnn", "mnn_rate", "mnn_cos")}
+    assert label_free_scores(joint, data.n1, seeds) == {k: res.val_history[best][k] for k in ("mnn", "mnn_rate", "mnn_cos")}
     assert res.best_state is None  # restored
     kept = WithExtra(data, extra)
     res2 = fit(kept, data, seeds, TrainConfig(**{**cfg.__dict__, "restore_best": False}), progress=False)
-    final = label_free_scores(embed(kept, data)["joint"], data.n1, seeds, extra)["mnn"]
+    final = label_free_scores(embed(kept, data)["joint"], data.n1, seeds)["mnn"]
     assert final == counts[-1] and res2.best_epoch == res.best_epoch
     kept.load_state_dict(res2.best_state)
-    assert label_free_scores(embed(kept, data)["joint"], data.n1, seeds, extra)["mnn"] == max(counts)
-
-
-def test_label_free_selection_is_refused_with_iterative_learning():
-    with pytest.raises(ValueError, match="iterative learning"):
-        TrainConfig(select_metric="mnn", il=True)
+    assert label_free_scores(embed(kept, data)["joint"], data.n1, seeds)["mnn"] == max(counts)
     with pytest.raises(ValueError, match="select_metric"):
         TrainConfig(select_metric="mnn_rate")
+
+
+def test_label_free_selection_counts_one_set_while_iterative_learning_merges(pair_data):
+    """The entities the score counts are fixed when training starts: pairs merged later stay counted."""
+    data = pair_data
+    seeds = data.links[:60]
+    cfg = TrainConfig(epochs=12, lr=3e-2, batch_size=512, eval_every=2, select_metric="mnn", il=True, il_start=2,
+                      il_every=2, il_persist=1, restore_best=False)
+    model = Tiny(data)
+    res = fit(model, data, seeds, cfg, progress=False)
+    assert res.il_added and res.train_pairs.shape[0] > seeds.shape[0]  # pairs were merged
+    assert res.val_history[-1]["mnn"] == label_free_scores(embed(model, data)["joint"], data.n1, seeds)["mnn"]

@@ -35,9 +35,10 @@ whatever ``il`` is (PCMEA divides it by 5 when its pseudo-labelling starts).
 ``val_candidates="pairs"``: the pairs' right entities, the legacy way) and
 ``select_metric`` is one of their ``mrr``, ``hits@1``, ``hits@10``; or,
 without labels, ``select_metric="mnn"`` (or ``"mnn_cos"``) counts the
-mutual nearest neighbours among the entities that no training, validation
-or model-added pair uses (:func:`psqe.align.selection.label_free_scores`;
-not with ``il``, whose merges change those entities). The best state is
+mutual nearest neighbours among the entities that no ``train_pairs`` or
+``val_pairs`` use (:func:`psqe.align.selection.label_free_scores`): one
+set for the whole run, so pairs that iterative learning or the model
+(``extra_train_pairs``) add later stay in it. The best state is
 restored (``restore_best``; else it is left in ``TrainResult.best_state``);
 ``patience`` evaluations without a gain stop training.
 """
@@ -104,9 +105,6 @@ class TrainConfig:
                 and self.lr_drop_factor > 0 and (self.grad_clip is None or self.grad_clip > 0)):
             raise ValueError("TrainConfig: need lr > 0, weight_decay >= 0, 0 <= warmup < 1, il_lr_scale > 0, "
                              "lr_drop_factor > 0, grad_clip > 0")
-        if self.select_metric in LABEL_FREE and self.il:
-            raise ValueError(f"TrainConfig: select_metric={self.select_metric!r} counts the entities no pair uses, "
-                             "which iterative learning's merges change; select on val_pairs with il=True")
         if self.lr_drop_epoch is not None and self.lr_drop_epoch < 0:
             raise ValueError(f"TrainConfig.lr_drop_epoch must be >= 0 or None, got {self.lr_drop_epoch}")
         for name, allowed in (("scheduler", ("none", "cosine")), ("val_candidates", ("all", "pairs")),
@@ -234,7 +232,7 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     generator = torch.Generator().manual_seed(cfg.seed)
     blocked = val if cfg.val_candidates == "all" else None
     tracker = MutualNeighbours(data, cfg.il_persist, blocked) if cfg.il else None
-    result, best_state, stale = TrainResult(), None, 0
+    result, best_state, stale, seeds = TrainResult(), None, 0, train
     show = sys.stderr.isatty() if progress is None else progress
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"training {type(model).__name__}", disable=not show, leave=False)
@@ -267,7 +265,7 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
         due = cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         selecting = val is not None or cfg.select_metric in LABEL_FREE
         if due and (selecting or monitor is not None):
-            metrics = _evaluate(model, data, cfg, val, train, extra)
+            metrics = _evaluate(model, data, cfg, val, seeds)
             result.val_history.append({"epoch": epoch, **metrics, **(monitor(epoch, model, data) if monitor else {})})
             if not selecting:
                 continue
@@ -318,10 +316,9 @@ def _step(model, data, group, optimizer, scaler, params, cfg: TrainConfig, amp: 
     return float(loss.detach())
 
 
-def _evaluate(model: nn.Module, data: AlignData, cfg: TrainConfig, val: Tensor | None, train: Tensor,
-              extra) -> dict[str, float]:
+def _evaluate(model: nn.Module, data: AlignData, cfg: TrainConfig, val: Tensor | None, seeds: Tensor) -> dict[str, float]:
     """The selection numbers of one evaluation: ranks of ``val`` and, for a label-free ``select_metric``,
-    :func:`label_free_scores` over the entities in no training, model-added (``extra``) or validation pair."""
+    :func:`label_free_scores` over the entities in no ``seeds`` (the given training pairs) or ``val`` pair."""
     joint = embed(model, data)["joint"]
     out = {}
     if val is not None:
@@ -330,7 +327,7 @@ def _evaluate(model: nn.Module, data: AlignData, cfg: TrainConfig, val: Tensor |
         else:
             out.update(rank_metrics(joint[val[:, 0]], joint[data.n1:], cfg.val_csls_k, truth=val[:, 1] - data.n1))
     if cfg.select_metric in LABEL_FREE:
-        out.update(label_free_scores(joint, data.n1, train, val, None if extra is None else extra().to(joint.device)))
+        out.update(label_free_scores(joint, data.n1, seeds, val))
     return out
 
 

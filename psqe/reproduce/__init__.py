@@ -147,9 +147,6 @@ class ReproduceConfig:
         if self.clean_selection not in CLEAN_SELECTIONS:
             raise ValueError(f"reproduce: clean_selection must be one of {', '.join(CLEAN_SELECTIONS)}, "
                              f"got {self.clean_selection!r}")
-        if self.iterative and self.clean_selection == "mnn" and "clean" in self.protocols:
-            raise ValueError("reproduce: clean_selection='mnn' counts the entities no pair uses, which --iterative's "
-                             "merges change; use clean_selection 'final' or 'val' with --iterative")
         if self.iterative and any(m in OWN_PSEUDO_LABELS for m in self.models):
             raise ValueError(f"reproduce: --iterative: {NO_ITERATIVE} (run pcmea in a folder without --iterative)")
         if self.setting not in ("R0", "R1", "R2"):
