@@ -25,7 +25,8 @@ HEADER = ("# `psqe reproduce`: PSQE's seeds against Type I and Type II, every re
           "feature stand-ins and `epochs` here). R2 reports are far below the paper in absolute terms (no names, "
           "simulated images): compare margins. `test_links`: the test set the row's cells share (legacy: the "
           "10,500 links after the seed-42 split; clean: the gold links that no seed set and no 30%-gold training "
-          "link touches, every kg2 entity a candidate, the last epoch). `train_seed`: the seed the aligners "
+          "link touches, every kg2 entity a candidate, the last epoch; `clean (mnn)`: the epoch the label-free score "
+          "picked, `clean (val)`: the best on 10% of the seeds held out). `train_seed`: the seed the aligners "
           "trained with (folders with the same seed sets and another `train_seed` measure the run-to-run "
           "spread). A margin that rounds to zero at 3 decimals is shown to 4. A report without a cell leaves "
           "its column empty.\n\n")

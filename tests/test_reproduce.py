@@ -306,6 +306,11 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     (partial / "cells" / "eva__psqe.json").write_text(json.dumps(mixed))
     clean_row = [r for r in summary_rows([partial]) if r["protocol"] == "clean"][0]
     assert clean_row["test_links"] == "differs"
+    # a clean selection other than the last epoch is named in the protocol column
+    for path in (partial / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())
+        path.write_text(json.dumps({**cell, "clean": {**cell["clean"], "selection": "mnn"}}))
+    assert [r["protocol"] for r in summary_rows([partial])] == ["legacy", "clean (mnn)"]
     with pytest.raises(ValueError, match="no config.json"):
         summary_rows([tmp_path])
     # a margin of 4 links in 10,000 is shown, not rounded to +0.000

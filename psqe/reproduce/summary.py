@@ -8,7 +8,8 @@ Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 margin
 the test set the row's cells share, or ``"differs"`` when they were scored on
 different ones (clean entries from before the common test set); ``epochs``:
 what the cells trained (with ``--iterative``, where iterative learning
-started). A missing
+started); ``protocol``: ``clean (val)`` or ``clean (mnn)`` when the clean
+cells selected an epoch rather than keeping the last (:func:`_protocol`). A missing
 cell leaves its column empty; it is never filled in.
 
 >>> import json, tempfile
@@ -61,6 +62,18 @@ def _epochs(trained: set, config: dict):
     return f"{epochs} (iterative from {epochs // 2})" if config.get("iterative") else epochs
 
 
+def _protocol(protocol: str, entries: list[dict]) -> str:
+    """The row's protocol, naming a clean selection other than the last epoch (``"differs"`` when cells disagree).
+
+    >>> _protocol("clean", [{"selection": "mnn"}, {"selection": "mnn"}]), _protocol("clean", [{"selection": "final"}])
+    ('clean (mnn)', 'clean')
+    """
+    chosen = {e.get("selection", "final") for e in entries}
+    if protocol != "clean" or chosen == {"final"}:
+        return protocol
+    return f"clean ({chosen.pop() if len(chosen) == 1 else 'differs'})"
+
+
 def summary_rows(folders) -> list[dict]:
     """A row per (folder, model, protocol) with H@1 per seed set and PSQE's margins (see the module docstring)."""
     rows = []
@@ -78,7 +91,8 @@ def summary_rows(folders) -> list[dict]:
                 if not h1:
                     continue
                 tests = {(c[protocol].get("queries"), c[protocol].get("test_digest")) for c in mine.values() if protocol in c}
-                row = {"report": folder.name, "model": model, "protocol": protocol,
+                row = {"report": folder.name, "model": model,
+                       "protocol": _protocol(protocol, [c[protocol] for c in mine.values() if protocol in c]),
                        "epochs": _epochs({c[protocol].get("epochs") for c in mine.values() if protocol in c}, config),
                        "train_seed": config.get("seed") if config.get("train_seed") is None else config["train_seed"],
                        "test_links": _count(next(iter(tests))[0]) if len(tests) == 1 else "differs",
