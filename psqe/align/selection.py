@@ -57,8 +57,9 @@ def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None) -> dict[str,
 
     ``mnn``: how many; ``mnn_rate``: that over the free kg1 entities;
     ``mnn_cos``: their mean cosine (0 when there are none). Higher is better
-    for each, all else equal; which of them tracks test accuracy over a run is
-    measured in ``bench/selection_study.py``.
+    for each, all else equal. Which of them tracks test accuracy over a run
+    is measured by ``bench/selection_study.py`` (bench/results/README.md,
+    stop 19: ``mnn`` did, ``mnn_cos`` and held-out seeds did not).
     """
     left, right = free_entities(joint.shape[0], n1, *used, device=joint.device)
     _, _, cos = mutual_nearest(joint, left, right)
