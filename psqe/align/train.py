@@ -233,6 +233,7 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     blocked = val if cfg.val_candidates == "all" else None
     tracker = MutualNeighbours(data, cfg.il_persist, blocked) if cfg.il else None
     result, best_state, stale, seeds = TrainResult(), None, 0, train
+    selecting = val is not None or cfg.select_metric in LABEL_FREE
     show = sys.stderr.isatty() if progress is None else progress
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"training {type(model).__name__}", disable=not show, leave=False)
@@ -263,7 +264,6 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
                 result.il_added.append((epoch, int(new.shape[0])))
                 log.info("iterative learning, epoch %d: %d pairs added, %d in all", epoch + 1, new.shape[0], train.shape[0])
         due = cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        selecting = val is not None or cfg.select_metric in LABEL_FREE
         if due and (selecting or monitor is not None):
             metrics = _evaluate(model, data, cfg, val, seeds)
             result.val_history.append({"epoch": epoch, **metrics, **(monitor(epoch, model, data) if monitor else {})})
