@@ -311,6 +311,14 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
         cell = json.loads(path.read_text())
         path.write_text(json.dumps({**cell, "clean": {**cell["clean"], "selection": "mnn"}}))
     assert [r["protocol"] for r in summary_rows([partial])] == ["legacy", "clean (mnn)"]
+    # ... and a run that recorded its last epoch too gives that a plain clean row first
+    for path in (partial / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())
+        last = {"hits@1": round(cell["clean"]["hits@1"] - 0.01, 4), "hits@10": 0.5, "mrr": 0.4}
+        path.write_text(json.dumps({**cell, "clean": {**cell["clean"], "best_epoch": 7, "last_epoch": last}}))
+    rows = summary_rows([partial])
+    assert [r["protocol"] for r in rows] == ["legacy", "clean", "clean (mnn)"]
+    assert rows[1]["psqe"] == round(rows[2]["psqe"] - 0.01, 4) and rows[1]["test_links"] == rows[2]["test_links"]
     with pytest.raises(ValueError, match="no config.json"):
         summary_rows([tmp_path])
     # a margin of 4 links in 10,000 is shown, not rounded to +0.000
@@ -370,6 +378,9 @@ def test_label_free_clean_selection_shares_the_run(dataset, tmp_path):
     best = mnn["clean"]["best_epoch"]
     assert best in range(29) and mnn["legacy"]["best_epoch"] is None  # an earlier epoch than the last
     assert mnn["clean"]["test_digest"] == final["clean"]["test_digest"]
+    # the same run's last epoch is scored too, as a run kept to its end scores it
+    assert mnn["clean"]["last_epoch"] == {k: final["clean"][k] for k in ("hits@1", "hits@10", "mrr")}
+    assert "last_epoch" not in final["clean"] and "last_epoch" not in mnn["legacy"]
     assert main([*base, "--epochs", str(best + 1), "--protocols", "clean", "--out", str(outs["stopped"])]) == 0
     stopped = json.loads(outs["stopped"].read_text())["clean"]
     keys = ("hits@1", "hits@10", "mrr", "r2l_hits@1", "queries", "candidates")
@@ -435,6 +446,10 @@ def test_clean_note_flags_mixed_test_sets():
     assert "10 test links (digest aa), selection final" in note and "12 test links (digest None), selection val" in note
     assert "different test sets" in note
     assert "different" not in _clean_note([new, new]) and _clean_note([{"legacy": {}}]) == ""
+    assert "last epoch" not in note
+    picked = {"model": "mclea", "seeds": "psqe", "clean": {**new["clean"], "selection": "mnn", "hits@1": 0.2868,
+                                                           "best_epoch": 149, "last_epoch": {"hits@1": 0.2512}}}
+    assert "selected epoch against the run's last epoch: mclea / psqe epoch 149: 0.287 against 0.251." in _clean_note([picked])
 
 
 def test_cells_record_the_code_commit(report):

@@ -240,7 +240,9 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     ``seconds``, ``epochs``, ``best_epoch``, ``train_seed`` (the seed it trained
     with), ``commit`` (:func:`code_commit`),
     ``added_pairs`` (:func:`added_pairs`) when training added pairs, and for
-    clean ``selection`` and ``test_digest``.
+    clean ``selection`` and ``test_digest``; a clean entry that loaded a selected
+    epoch from a run kept to its end (``"mnn"``) also holds ``last_epoch``: H@1,
+    H@10 and MRR of that run's last epoch on the same test.
     """
     from ..align import build_aligner, embed, evaluate, fit, legacy_split, pairs_digest
 
@@ -278,7 +280,9 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
         added = added_pairs(model, result, first.train.shape[0], data)  # one per training run
         for protocol in sorted(group, key=lambda p: p == "clean"):  # clean last: it may load the selected epoch
             selected = protocol == "clean" and config.clean_selection != "final"
+            last = None
             if selected and result.best_state is not None:
+                last = evaluate(embeddings, indexed[protocol], data)  # the last epoch too: one run gives both
                 model.load_state_dict(result.best_state)
                 embeddings = embed(model, data)
             metrics = evaluate(embeddings, indexed[protocol], data)
@@ -288,6 +292,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
                      "commit": code_commit()}
             if protocol == "clean":
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
+            if last is not None:
+                entry["last_epoch"] = {k: round(float(last[k]), 4) for k in ("hits@1", "hits@10", "mrr")}
             if protocol != group[0]:
                 entry["shared_run"] = group[0]  # the same trained model as that protocol's
             if added is not None:

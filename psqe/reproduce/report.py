@@ -53,8 +53,11 @@ def _clean_note(cells: list[dict]) -> str:
     sets = sorted({(e.get("queries"), e.get("test_digest"), e.get("selection", "val")) for e in entries}, key=str)
     text = "; ".join(f"{'?' if q is None else int(q)} test links (digest {d}), selection {sel}" for q, d, sel in sets)
     warn = " **Rows are on different test sets: compare with care.**" if len(sets) > 1 else ""
+    picked = [f"{c['model']} / {c['seeds']} epoch {c['clean']['best_epoch']}: {c['clean']['hits@1']:.3f} against "
+              f"{c['clean']['last_epoch']['hits@1']:.3f}" for c in cells if "last_epoch" in c.get("clean", {})]
+    last = f" Clean H@1 at the selected epoch against the run's last epoch: {'; '.join(picked)}." if picked else ""
     return (f"Clean protocol: {text}; every kg2 entity a candidate; the test links are those that neither the 30% "
-            f"gold split nor any seed set of this report touches.{warn}\n\n")
+            f"gold split nor any seed set of this report touches.{warn}{last}\n\n")
 
 
 def claims(cells: list[dict], quality: dict, protocols=("legacy",)) -> list[str]:

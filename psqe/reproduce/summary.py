@@ -9,7 +9,8 @@ the test set the row's cells share, or ``"differs"`` when they were scored on
 different ones (clean entries from before the common test set); ``epochs``:
 what the cells trained (with ``--iterative``, where iterative learning
 started); ``protocol``: ``clean (val)`` or ``clean (mnn)`` when the clean
-cells selected an epoch rather than keeping the last (:func:`_protocol`). A missing
+cells selected an epoch rather than keeping the last (:func:`_protocol`), preceded by
+that run's last epoch as a ``clean`` row when the cells recorded it. A missing
 cell leaves its column empty; it is never filled in.
 
 >>> import json, tempfile
@@ -74,6 +75,25 @@ def _protocol(protocol: str, entries: list[dict]) -> str:
     return f"clean ({chosen.pop() if len(chosen) == 1 else 'differs'})"
 
 
+def _views(cells: dict) -> list[tuple[str, dict]]:
+    """``(protocol, {seed set: entry})`` for each protocol the cells hold; before a clean selection's row,
+    the same run's last epoch as a plain clean row when every cell recorded it (``last_epoch``).
+
+    >>> cell = {"clean": {"hits@1": 0.3, "selection": "mnn", "best_epoch": 99, "last_epoch": {"hits@1": 0.2}}}
+    >>> [(p, e["psqe"]["hits@1"], _protocol(p, list(e.values()))) for p, e in _views({"psqe": cell})]
+    [('clean', 0.2, 'clean'), ('clean', 0.3, 'clean (mnn)')]
+    """
+    views = []
+    for protocol in PROTOCOLS:
+        entries = {s: c[protocol] for s, c in cells.items() if protocol in c}
+        if entries and all("last_epoch" in e for e in entries.values()):
+            views.append((protocol, {s: {**e, **e["last_epoch"], "selection": "final", "best_epoch": None}
+                                     for s, e in entries.items()}))
+        if entries:
+            views.append((protocol, entries))
+    return views
+
+
 def summary_rows(folders) -> list[dict]:
     """A row per (folder, model, protocol) with H@1 per seed set and PSQE's margins (see the module docstring)."""
     rows = []
@@ -86,14 +106,11 @@ def summary_rows(folders) -> list[dict]:
             raise ValueError(f"reproduce summary: {folder}/cells holds no finished cell")
         for model in dict.fromkeys(c["model"] for c in cells):
             mine = {c["seeds"]: c for c in cells if c["model"] == model}
-            for protocol in PROTOCOLS:
-                h1 = {s: c[protocol]["hits@1"] for s, c in mine.items() if protocol in c}
-                if not h1:
-                    continue
-                tests = {(c[protocol].get("queries"), c[protocol].get("test_digest")) for c in mine.values() if protocol in c}
-                row = {"report": folder.name, "model": model,
-                       "protocol": _protocol(protocol, [c[protocol] for c in mine.values() if protocol in c]),
-                       "epochs": _epochs({c[protocol].get("epochs") for c in mine.values() if protocol in c}, config),
+            for protocol, entries in _views(mine):
+                h1 = {s: e["hits@1"] for s, e in entries.items()}
+                tests = {(e.get("queries"), e.get("test_digest")) for e in entries.values()}
+                row = {"report": folder.name, "model": model, "protocol": _protocol(protocol, list(entries.values())),
+                       "epochs": _epochs({e.get("epochs") for e in entries.values()}, config),
                        "train_seed": config.get("seed") if config.get("train_seed") is None else config["train_seed"],
                        "test_links": _count(next(iter(tests))[0]) if len(tests) == 1 else "differs",
                        "supervised30": h1.get(SUPERVISED), "type1": h1.get("uvp"), "type2": h1.get("multimodal"),
