@@ -134,6 +134,8 @@ def test_label_free_selection_picks_and_restores_the_most_mutual_epoch(pair_data
     assert label_free_scores(embed(kept, data)["joint"], data.n1, seeds)["mnn"] == max(counts)
     with pytest.raises(ValueError, match="select_metric"):
         TrainConfig(select_metric="mnn_rate")
+    with pytest.raises(ValueError, match="select_metric"):  # reported, but it ran against test accuracy
+        TrainConfig(select_metric="mnn_cos")
 
 
 def test_label_free_selection_counts_one_set_while_iterative_learning_merges(pair_data):

@@ -59,7 +59,8 @@ def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None) -> dict[str,
     ``mnn_cos``: their mean cosine (0 when there are none). Higher is better
     for each, all else equal. Which of them tracks test accuracy over a run
     is measured by ``bench/selection_study.py`` (bench/results/README.md,
-    stop 19: ``mnn`` did, ``mnn_cos`` and held-out seeds did not).
+    stops 19 and 20: ``mnn`` did, held-out seeds did not, ``mnn_cos`` ran against it
+    on ja_en), so only ``mnn`` is a ``select_metric`` of :class:`psqe.align.TrainConfig`.
     """
     left, right = free_entities(joint.shape[0], n1, *used, device=joint.device)
     _, _, cos = mutual_nearest(joint, left, right)
