@@ -10,12 +10,15 @@ records (``TrainResult.val_history``):
   ``mnn_cos``): ``fit`` computes them itself under ``select_metric="mnn"``,
   and restores nothing, so the run is the plain one;
 - through ``fit``'s ``monitor``, the report's clean test H@1 (``test_hits@1``:
-  the oracle, never a criterion).
+  the oracle, never a criterion) and, against the gold links, how many of the
+  ``mnn`` pairs are right (``mnn_correct``, ``mnn_precision``: why ``mnn``
+  picks well or badly, never a criterion).
 
 Writes ``OUT/<model>-<method>.json`` (the history) after each run and
 ``OUT/selection.md``: per seed set, the test H@1 at the epoch each criterion
-picks, at the last epoch and at the best, and each criterion's rank
-correlation with test H@1 over the run.
+picks, at the last epoch and at the best, each criterion's rank
+correlation with test H@1 over the run, and the ``mnn`` pairs' precision at
+the first check, the ``mnn`` pick, the best epoch and the last.
 
 Usage (seeds: a folder with ``uvp.tsv``, ``multimodal.tsv``, ``psqe.tsv``, e.g.
 ``bench/results/seeds/DBP15K-zh_en-R2``)::
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 
 from psqe.align import AlignData, build_aligner, embed, evaluate, fit
-from psqe.align.selection import picks, rank_correlation
+from psqe.align.selection import free_entities, mutual_nearest, picks, rank_correlation
 from psqe.data import load_dataset
 from psqe.features import load_feature_set
 from psqe.features._util import atomic_write
@@ -47,6 +50,20 @@ CRITERIA = ("val_mrr", "val_hits@1", "mnn", "mnn_cos")
 TARGET = "test_hits@1"
 
 
+def mnn_gold(joint, data, *used) -> dict:
+    """How many of the mutual nearest neighbours among the entities none of ``used`` touches are gold links.
+
+    The same pairs as :func:`psqe.align.selection.label_free_scores`' ``mnn``;
+    a pair whose kg1 entity has no gold partner counts as wrong.
+    """
+    left, right = free_entities(joint.shape[0], data.n1, *used, device=joint.device)
+    l, r, _ = mutual_nearest(joint, left, right)
+    partner = torch.full((joint.shape[0],), -1, dtype=torch.long, device=joint.device)
+    partner[data.links[:, 0].to(joint.device)] = data.links[:, 1].to(joint.device)
+    correct = int((partner[l] == r).sum())
+    return {"mnn_correct": correct, "mnn_precision": correct / max(l.numel(), 1)}
+
+
 def run_one(model_name, data, split, epochs, every, seed) -> list[dict]:
     """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs."""
     model, config = build_aligner(model_name, data, seed=seed, epochs=epochs)
@@ -55,8 +72,9 @@ def run_one(model_name, data, split, epochs, every, seed) -> list[dict]:
     config = dataclasses.replace(config, eval_every=every, select_metric="mnn", restore_best=False, seed=seed)
 
     def monitor(epoch, m, d):
-        test = evaluate(embed(m, d), split, d)
-        return {TARGET: test["hits@1"], "test_mrr": test["mrr"]}
+        out = embed(m, d)
+        test = evaluate(out, split, d)
+        return {TARGET: test["hits@1"], "test_mrr": test["mrr"], **mnn_gold(out["joint"], d, split.train, split.val)}
 
     torch.manual_seed(seed)
     result = fit(model, data, split.train, config, val_pairs=split.val, monitor=monitor)
@@ -79,6 +97,17 @@ def table(histories: dict[str, list[dict]]) -> str:
         target = [r[TARGET] for r in hist]
         lines.append(f"| {method} | " + " | ".join(f"{rank_correlation([r[c] for r in hist], target):+.2f}"
                                                   for c in CRITERIA) + " |")
+    lines += ["", "The `mnn` pairs against the gold links (oracle diagnostics):", "",
+              "| seeds | at | epoch | test H@1 | mnn | right | precision |", "|---" * 7 + "|"]
+    for method, hist in histories.items():
+        if "mnn_correct" not in hist[0]:
+            continue  # a history from before the diagnostics
+        chosen = picks(hist, ("mnn",), TARGET)
+        row_at = {r["epoch"]: r for r in hist}
+        for at, row in (("first check", hist[0]), ("mnn pick", row_at[chosen["mnn"]["epoch"]]),
+                        ("best", row_at[chosen["oracle"]["epoch"]]), ("last", hist[-1])):
+            lines.append(f"| {method} | {at} | {row['epoch'] + 1} | {row[TARGET]:.4f} | {row['mnn']} | "
+                         f"{row['mnn_correct']} | {row['mnn_precision']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
