@@ -1,0 +1,84 @@
+"""bench/selection_study.py's analysis: the gold-link count of the ``mnn`` pairs, the tolerance pick, ``--from-json``."""
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psqe.align import AlignData
+from psqe.align.selection import label_free_scores
+from psqe.data.synthetic import make_pair
+
+PATH = Path(__file__).resolve().parents[1] / "bench" / "selection_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("selection_study", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docstring_examples(study):
+    result = doctest.testmod(study)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def brute_mnn_gold(joint, data, used):
+    """Dense oracle: mutual cosine top-1 among the free entities, then a lookup in the gold links."""
+    taken = set(used.flatten().tolist())
+    left = [i for i in range(data.n1) if i not in taken]
+    right = [j for j in range(data.n1, joint.shape[0]) if j not in taken]
+    j = F.normalize(joint, dim=1)
+    sim = j[left] @ j[right].t()
+    best_r, best_l = sim.argmax(1), sim.argmax(0)
+    pairs = [(left[a], right[int(best_r[a])]) for a in range(len(left)) if int(best_l[best_r[a]]) == a]
+    gold = set(map(tuple, data.links.tolist()))
+    return len(pairs), sum(p in gold for p in pairs)
+
+
+@pytest.mark.parametrize("copied", [True, False])
+def test_mnn_gold_against_a_dense_oracle(study, copied):
+    data = AlignData.from_pair(make_pair(200, seed=2))
+    g = torch.Generator().manual_seed(0)
+    joint = torch.randn(data.n1 + data.n2, 16, generator=g)
+    if copied:  # every free gold pair becomes mutual nearest: the count is the free gold links
+        joint[data.links[:, 1]] = joint[data.links[:, 0]] + 0.01 * torch.randn(data.links.shape[0], 16, generator=g)
+    used = data.links[:50]
+    got = study.mnn_gold(joint, data, used)
+    count, right = brute_mnn_gold(joint, data, used)
+    assert label_free_scores(joint, data.n1, used)["mnn"] == count
+    assert got["mnn_correct"] == right and got["mnn_precision"] == pytest.approx(right / count)
+    if copied:
+        assert right == data.links.shape[0] - 50
+    else:
+        assert right < 10  # random embeddings: almost no gold pair is mutual nearest
+
+
+def history(mnn, test):
+    return [{"epoch": 20 * i + 19, "val_mrr": 0.5, "val_hits@1": 0.4, "mnn": m, "mnn_cos": 0.6,
+             "test_hits@1": t} for i, (m, t) in enumerate(zip(mnn, test))]
+
+
+def test_tolerant_pick_is_the_earliest_within_the_tolerance(study):
+    h = history([900, 990, 1000, 1000, 995], [0.5, 0.7, 0.6, 0.55, 0.5])
+    assert study.tolerant_pick(h, "mnn", 0.0)["epoch"] == 59  # the first of the ties, as fit selects
+    assert study.tolerant_pick(h, "mnn", 0.01)["epoch"] == 39  # 990 >= 0.99 * 1000
+    assert study.tolerant_pick(h, "mnn", 0.2)["epoch"] == 19
+
+
+def test_from_json_rewrites_the_summary_without_training(study, tmp_path):
+    (tmp_path / "mclea-psqe.json").write_text(json.dumps(history([900, 990, 1000], [0.5, 0.7, 0.6])))
+    args = ["--from-json", "--dataset", "-", "--root", "-", "--features", "-", "--seeds", "-", "--out", str(tmp_path)]
+    assert study.main(args + ["--methods", "psqe,multimodal"]) == 0
+    text = (tmp_path / "selection.md").read_text()
+    assert "| psqe | 0.6000 (ep 60) | 0.7000 (ep 40) | 0.7000 (ep 40) |" in text  # within 0.5% / 1% / 2%
+    assert "oracle diagnostics" not in text  # the history has no gold-link counts
+    with pytest.raises(SystemExit):
+        study.main(args + ["--methods", "uvp"])
