@@ -22,7 +22,7 @@ whose ``mnn`` comes within 0.5%, 1% or 2% of the run's highest (a rule
 ``fit`` does not offer; see ``tolerant_pick``), and the ``mnn`` pairs'
 precision at the first check, the ``mnn`` pick, the best epoch and the last.
 ``--from-json`` rewrites ``selection.md`` from the histories in ``--out``
-without training (the other options but ``--methods`` are then unused).
+without training (only ``--methods`` and ``--model`` then matter).
 
 Usage (seeds: a folder with ``uvp.tsv``, ``multimodal.tsv``, ``psqe.tsv``, e.g.
 ``bench/results/seeds/DBP15K-zh_en-R2``)::
@@ -134,10 +134,10 @@ def table(histories: dict[str, list[dict]]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root", required=True)
-    p.add_argument("--features", required=True, type=Path)
-    p.add_argument("--seeds", required=True, type=Path, help="folder with the report's seed sets")
+    p.add_argument("--dataset", help="required unless --from-json")
+    p.add_argument("--root", help="required unless --from-json")
+    p.add_argument("--features", type=Path, help="required unless --from-json")
+    p.add_argument("--seeds", type=Path, help="folder with the report's seed sets; required unless --from-json")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--model", default="mclea")
     p.add_argument("--epochs", type=int, default=None, help="default: the model's own schedule")
@@ -153,11 +153,16 @@ def main(argv=None) -> int:
             path = args.out / f"{args.model}-{method}.json"
             if path.exists():
                 histories[method] = json.loads(path.read_text())
+            else:
+                log.warning("--from-json: no %s; %s is left out of the summary", path, method)
         if not histories:
             p.error(f"--from-json: no {args.model}-<method>.json for --methods {args.methods} in {args.out}")
         summary = table(histories)
         atomic_write(args.out / "selection.md", lambda tmp: Path(tmp).write_text(summary))
         return 0
+    missing = [f"--{k}" for k in ("dataset", "root", "features", "seeds") if getattr(args, k) is None]
+    if missing:
+        p.error(f"{', '.join(missing)} required (only --from-json runs without them)")
     if args.every < 1:
         p.error(f"--every must be >= 1, got {args.every}")
     pair = load_dataset(args.dataset, root=args.root)

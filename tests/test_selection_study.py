@@ -75,10 +75,12 @@ def test_tolerant_pick_is_the_earliest_within_the_tolerance(study):
 
 def test_from_json_rewrites_the_summary_without_training(study, tmp_path):
     (tmp_path / "mclea-psqe.json").write_text(json.dumps(history([900, 990, 1000], [0.5, 0.7, 0.6])))
-    args = ["--from-json", "--dataset", "-", "--root", "-", "--features", "-", "--seeds", "-", "--out", str(tmp_path)]
+    args = ["--from-json", "--out", str(tmp_path)]
     assert study.main(args + ["--methods", "psqe,multimodal"]) == 0
     text = (tmp_path / "selection.md").read_text()
     assert "| psqe | 0.6000 (ep 60) | 0.7000 (ep 40) | 0.7000 (ep 40) |" in text  # within 0.5% / 1% / 2%
     assert "oracle diagnostics" not in text  # the history has no gold-link counts
     with pytest.raises(SystemExit):
-        study.main(args + ["--methods", "uvp"])
+        study.main(args + ["--methods", "uvp"])  # no history for it
+    with pytest.raises(SystemExit):
+        study.main(["--out", str(tmp_path), "--dataset", "DBP15K/zh_en"])  # a training run needs the data
