@@ -19,7 +19,9 @@ Writes ``OUT/<model>-<method>.json`` (the history) after each run and
 picks, at the last epoch and at the best, each criterion's rank
 correlation with test H@1 over the run, the test H@1 at the earliest check
 whose ``mnn`` comes within 0.5%, 1% or 2% of the run's highest (a rule
-``fit`` does not offer; see ``tolerant_pick``), and the ``mnn`` pairs'
+``fit`` does not offer: at 1% it missed the best epoch by more than 0.005 in
+two of four runs it was not chosen on, bench/results/README.md stop 23;
+see ``tolerant_pick``), and the ``mnn`` pairs'
 precision at the first check, the ``mnn`` pick, the best epoch and the last.
 ``--from-json`` rewrites ``selection.md`` from the histories in ``--out``
 without training (only ``--methods`` and ``--model`` then matter).
