@@ -14,7 +14,7 @@ from torch import nn
 
 from psqe.align import (AlignData, MutualNeighbours, TrainConfig, UncertaintyWeighting, contrastive_loss, embed, fit,
                         ial_loss, nca_loss, rank_metrics)
-from psqe.align.train import _lr_factor
+from psqe.align.train import _batch_rows, _batch_views, _lr_factor
 from psqe.data.synthetic import make_pair
 
 pytestmark = pytest.mark.one_thread
@@ -134,6 +134,37 @@ def test_fit_is_deterministic_and_batches_as_configured(pair_data):
     model = Tiny(data)
     fit(model, data, seeds, TrainConfig(epochs=3, lr=1e-2, batch_size=30, step_per_batch=True), progress=False)
     assert (model.forwards, model.losses) == (12, 12)  # a forward pass and a step per batch
+
+
+@pytest.mark.parametrize("name", ["mclea", "pcmea", "meaformer"])
+def test_batch_views_give_the_per_batch_indexing_loss_and_gradients(name):
+    """A step's loss over batch views (one gather, split per batch) against indexing the step's rows per batch
+    and term (the oracle): the same loss and parameter gradients, an entity in two batches included."""
+    from psqe.align import build_aligner
+
+    data = AlignData.from_pair(make_pair(120, seed=3))
+    extra = dict(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4) if name != "meaformer" else dict(hidden=8)
+    model, _ = build_aligner(name, data, seed=2, **extra)
+    if name == "pcmea":  # the momentum contrast reads the entity ids of the rows
+        model._momentum_step(data, first=True)
+    if name == "meaformer":
+        model.eval()  # no dropout: both ways draw no masks
+    links = data.links[:40]
+    group = [links[:15], links[15:30], torch.cat([links[30:], links[:3]])]  # links[:3] in two batches
+    nodes, local = _batch_rows(group)
+    grads, losses = [], []
+    for views in (True, False):
+        model.zero_grad(set_to_none=True)
+        out = model(data, nodes=nodes)
+        parts = _batch_views(out, local) if views else ((out, b) for b in local)
+        loss = sum(model.loss(rows, b) for rows, b in parts)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 3
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-5, msg=key)
 
 
 def test_lr_schedule():

@@ -100,9 +100,11 @@ def contrastive_loss(h1: Tensor, h2: Tensor, tau: float = 0.1, normalize: bool =
 
 def _pair_logits(a: Tensor, b: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     """MCLEA's ``[a b^T, a a^T]`` and ``[b a^T, b b^T]`` logits, self-similarity masked."""
-    eye = torch.eye(a.size(0), device=a.device, dtype=a.dtype) * _LARGE
-    ab = a @ b.t() / tau
-    return torch.cat([ab, a @ a.t() / tau - eye], 1), torch.cat([ab.t(), b @ b.t() / tau - eye], 1)
+    sa = a / tau  # scale the [B, d] factors, not the [B, B] products
+    ab, aa, bb = sa @ b.t(), sa @ a.t(), (b / tau) @ b.t()
+    aa.diagonal().sub_(_LARGE)  # mm's backward reads its inputs only: the products may change in place
+    bb.diagonal().sub_(_LARGE)
+    return torch.cat([ab, aa], 1), torch.cat([ab.t(), bb], 1)
 
 
 def ial_loss(src1: Tensor, src2: Tensor, tgt1: Tensor, tgt2: Tensor, tau: float = 4.0, zoom: float = 0.1,
@@ -119,24 +121,44 @@ def ial_loss(src1: Tensor, src2: Tensor, tgt1: Tensor, tgt2: Tensor, tau: float 
 
     with ``p`` the source's softmax, ``q`` the target's, and the mean over all
     ``B x 2B`` entries (MCLEA's ``reduction="mean"``). MCLEA: ``tau=4.0``
-    (its ``tau2``), ``zoom=0.1``, ``ab_weight=0.5``.
+    (its ``tau2``), ``zoom=0.1``, ``ab_weight=0.5``. :func:`ial_losses` does
+    several modalities against one target.
 
     >>> import torch
     >>> a = torch.randn(5, 8)
     >>> float(ial_loss(a, a + 1, a, a + 1))  # same distributions: no loss
     0.0
     """
-    s1, s2 = _batch(src1, src2, "ial_loss")
+    return ial_losses([(src1, src2)], tgt1, tgt2, tau, zoom, ab_weight)[0]
+
+
+def ial_losses(sources: Sequence[tuple[Tensor, Tensor]], tgt1: Tensor, tgt2: Tensor, tau: float = 4.0,
+               zoom: float = 0.1, ab_weight: float = 0.5) -> list[Tensor]:
+    """:func:`ial_loss` of each ``(src1, src2)`` in ``sources`` against the one target ``tgt1/tgt2``.
+
+    The target's in-batch distributions are computed once (MCLEA's IAL has
+    one per modality, all against the joint embedding).
+
+    >>> import torch
+    >>> a, b, t = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    >>> [round(float(x), 6) for x in ial_losses([(a, b), (b, a)], t, t + 1)] == [
+    ...     round(float(ial_loss(a, b, t, t + 1)), 6), round(float(ial_loss(b, a, t, t + 1)), 6)]
+    True
+    """
     t1, t2 = _batch(tgt1, tgt2, "ial_loss")
-    if s1.size(0) != t1.size(0):
-        raise ValueError(f"ial_loss: {s1.size(0)} source rows but {t1.size(0)} target rows")
-    s1, s2 = F.normalize(s1, dim=1), F.normalize(s2, dim=1)
     t1, t2 = F.normalize(t1.detach(), dim=1), F.normalize(t2.detach(), dim=1)
-    p_ab, p_ba = _pair_logits(s1, s2, tau)
-    q_ab, q_ba = _pair_logits(t1, t2, tau)
-    kl_a = F.kl_div(F.log_softmax(p_ab, 1), F.log_softmax(q_ab, 1), reduction="none", log_target=True).mean()
-    kl_b = F.kl_div(F.log_softmax(p_ba, 1), F.log_softmax(q_ba, 1), reduction="none", log_target=True).mean()
-    return zoom * (ab_weight * kl_a + (1 - ab_weight) * kl_b)
+    q_ab, q_ba = (F.log_softmax(q, 1) for q in _pair_logits(t1, t2, tau))
+    losses = []
+    for src1, src2 in sources:
+        s1, s2 = _batch(src1, src2, "ial_loss")
+        if s1.size(0) != t1.size(0):
+            raise ValueError(f"ial_loss: {s1.size(0)} source rows but {t1.size(0)} target rows")
+        s1, s2 = F.normalize(s1, dim=1), F.normalize(s2, dim=1)
+        p_ab, p_ba = _pair_logits(s1, s2, tau)
+        kl_a = F.kl_div(F.log_softmax(p_ab, 1), q_ab, reduction="none", log_target=True).mean()
+        kl_b = F.kl_div(F.log_softmax(p_ba, 1), q_ba, reduction="none", log_target=True).mean()
+        losses.append(zoom * (ab_weight * kl_a + (1 - ab_weight) * kl_b))
+    return losses
 
 
 class UncertaintyWeighting(nn.Module):
@@ -165,4 +187,4 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
 
 
-__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "icl_loss", "nca_loss"]
+__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_losses", "icl_loss", "nca_loss"]

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from .data import AlignData
 from .encoders import ModalityEncoders, WeightedConcat, icl_terms
-from .losses import UncertaintyWeighting, contrastive_loss, ial_loss
+from .losses import UncertaintyWeighting, contrastive_loss, ial_losses
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,8 @@ class MCLEA(nn.Module):
         icl = self.icl_weighting(icl_terms(out, self.modalities, pairs, cfg.tau))
         left, right = pairs[:, 0], pairs[:, 1]
         joint = out["joint"]
-        ial = [ial_loss(out[m][left], out[m][right], joint[left], joint[right], tau=cfg.tau2, zoom=cfg.zoom)
-               for m in self.modalities]
+        ial = ial_losses([(out[m][left], out[m][right]) for m in self.modalities], joint[left], joint[right],
+                         tau=cfg.tau2, zoom=cfg.zoom)
         return icl + cfg.zoom * self.ial_weighting(ial)
 
     def loss(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:

@@ -9,10 +9,11 @@ PCMEA's pseudo-links: shuffled and batched with the training pairs each epoch,
 so that more pairs make more batches of ``batch_size``, not bigger ones). A
 model whose loss reads only its batch's rows may set ``rows_per_batch = True``
 (MEAformer, MCLEA, PCMEA): a training step then calls ``forward(data, nodes=...)`` with
-the step's entities (sorted), which returns ``[len(nodes), d_m]`` rows (and
-may add other keys: PCMEA's ``"rows"``, the rows' entity ids), and gives
-``loss`` the pairs as positions in that list. Every other call (evaluation,
-iterative learning, the model's own hooks) is a full pass.
+the step's entities (sorted), which returns one row per node in every value
+(``[len(nodes), ...]``; PCMEA adds ``"rows"``, the rows' entity ids), and
+calls ``loss`` once per batch with that batch's rows only (its kg1 entities,
+then its kg2 ones) and the pairs as positions there. Every other call
+(evaluation, iterative learning, the model's own hooks) is a full pass.
 
 **An epoch** shuffles the training pairs (generator seeded by ``seed``) into
 batches. ``step_per_batch=False`` (EVA, MCLEA, PCMEA): one forward pass, batch losses
@@ -300,15 +301,36 @@ def _batch_rows(group: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     return nodes, [torch.searchsorted(nodes, b) for b in group]
 
 
+def _batch_views(out: dict[str, Tensor], group: list[Tensor]):
+    """Each batch's rows of ``out`` (its kg1 entities, then its kg2 ones) and its pairs as positions there.
+
+    One gather per output for the whole step, then split per batch: the
+    backward scatters each output's gradient once. Indexing the step's
+    outputs per batch and loss term instead scattered a zero-filled
+    gradient of the outputs' full size for every index (PCMEA with 12,000
+    pseudo-links, 26 batches: 60% of a step's time).
+
+    >>> out = {"joint": torch.arange(8.0).view(4, 2)}
+    >>> [(rows["joint"].tolist(), b.tolist()) for rows, b in _batch_views(out, [torch.tensor([[2, 0]]), torch.tensor([[1, 3]])])]
+    [([[4.0, 5.0], [0.0, 1.0]], [[0, 1]]), ([[2.0, 3.0], [6.0, 7.0]], [[0, 1]])]
+    """
+    order = torch.cat([b.t().flatten() for b in group])
+    sizes = [2 * b.shape[0] for b in group]
+    chunks = {k: v[order].split(sizes) for k, v in out.items()}
+    for i, b in enumerate(group):
+        n = b.shape[0]
+        yield {k: c[i] for k, c in chunks.items()}, torch.arange(2 * n, device=b.device).view(2, n).t()
+
+
 def _step(model, data, group, optimizer, scaler, params, cfg: TrainConfig, amp: bool) -> float:
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(data.device.type, dtype=torch.float16, enabled=amp):
         if getattr(model, "rows_per_batch", False):  # the model computes the batch's entities only
             nodes, group = _batch_rows(group)
-            out = model(data, nodes=nodes)
+            loss = sum(model.loss(rows, b) for rows, b in _batch_views(model(data, nodes=nodes), group))
         else:
             out = model(data)
-        loss = sum(model.loss(out, b) for b in group)
+            loss = sum(model.loss(out, b) for b in group)
     scaler.scale(loss).backward()
     if cfg.grad_clip is not None:
         scaler.unscale_(optimizer)
