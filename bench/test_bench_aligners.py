@@ -15,6 +15,12 @@ entities (``psqe``, the default) and with the full pass over every entity
 each step (``full-pass``, the authors' way; ``rows_per_batch = False``),
 side by side. (PCMEA's momentum encoder and pseudo-labels start at
 mid-training, so these first epochs time its MCLEA backbone.)
+``test_many_batches`` times steps of many batches (MCLEA on the 4,500
+pairs; PCMEA's second half, momentum encoder on and 10,000 pseudo-links
+batched with 1,000 pairs, its periodic encoder moves and checks not timed):
+each batch a view of one gather per output and MCLEA's ICL and IAL terms
+from one product, against the step before stop 24 (each batch and loss term
+indexing the step's rows, IAL's three products apart), side by side.
 
 Each runs on the CPU and, where a GPU and psqe's CUDA build are (marker
 ``cuda``), on the GPU: ``CUDA_EPOCHS`` epochs there, so that the first
@@ -61,9 +67,24 @@ load_feature_set(pair, args["features"])
 data = AlignData.from_pair(pair)
 split = legacy_split(pair.links, seed=42).to_pair_index(data)
 train = split.train if args.get("pairs") is None else split.train[:args["pairs"]]
-model, cfg = build_aligner(args["model"], data, seed=0)
+model, cfg = build_aligner(args["model"], data, seed=0, **args.get("config", {}))
 if "rows_per_batch" in args:
     model.rows_per_batch = args["rows_per_batch"]
+if args.get("pseudo"):  # PCMEA's second half: the momentum encoder on, pseudo-links batched with the pairs
+    model._momentum_step(data, first=True)
+    model.pseudo_links = split.test[:args["pseudo"]].clone()
+if args.get("stop23"):  # the step as before stop 24: each batch and loss term indexes the step's rows, and
+    import psqe.align.train as train_mod  # MCLEA's ICL and IAL terms are separate (IAL: three products of its own)
+    from psqe.align.encoders import icl_terms
+    from psqe.align.losses import ial_loss
+    from psqe.align.mclea import MCLEA
+    train_mod._batch_views = lambda out, group: ((out, b) for b in group)
+    def separate_terms(self, out, pairs):
+        cfg, (left, right), joint = self.config, pairs.t(), out["joint"]
+        icl = self.icl_weighting(icl_terms(out, self.modalities, pairs, cfg.tau))
+        return icl + cfg.zoom * self.ial_weighting([ial_loss(out[m][left], out[m][right], joint[left], joint[right],
+                                                             tau=cfg.tau2, zoom=cfg.zoom) for m in self.modalities])
+    MCLEA.modal_terms = separate_terms
 default_epochs = cfg.epochs
 epochs = default_epochs if args["epochs"] is None else args["epochs"]
 cfg = dataclasses.replace(cfg, epochs=epochs, device=args["device"])
@@ -136,6 +157,25 @@ def test_batch_rows(benchmark, model, impl, device):
                       kwargs={"pairs": 1000, "rows_per_batch": impl == "psqe"}, rounds=1)
     record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
     assert result["train_pairs"] == 1000 and result["seconds_per_epoch"] > 0
+
+
+#: Many batches in one step: MCLEA on the 4,500 legacy pairs (9 batches of 512), PCMEA in its second half
+#: on 1,000 pairs plus 10,000 pseudo-links (22 batches; its ja_en R2 run at 1,000 epochs ended with 11,032).
+MANY_BATCHES = {"mclea": {}, "pcmea": {"pairs": 1000, "pseudo": 10000, "config": {"momentum_start": 10**6}}}
+
+
+@pytest.mark.big
+@pytest.mark.parametrize("impl", ["psqe", "stop-23"])
+@pytest.mark.parametrize("model", list(MANY_BATCHES))
+def test_many_batches(benchmark, model, impl):
+    """This step (batch views, MCLEA's ICL and IAL from one product: ``psqe``) against the step before stop 24
+    (per-batch indexing, separate terms: ``stop-23``), side by side."""
+    dataset, features = _inputs()
+    benchmark.group = f"{model} on DBP15K zh_en R2, many batches per step, cpu: this step vs stop 23's"
+    result = pedantic(benchmark, _run, args=(dataset, features, model, "cpu"),
+                      kwargs={**MANY_BATCHES[model], "stop23": impl != "psqe"}, rounds=1)
+    record_machine(benchmark, dataset=str(dataset), features=str(features), **result)
+    assert result["seconds_per_epoch"] > 0
 
 
 @pytest.mark.big

@@ -14,6 +14,7 @@ from torch import nn
 
 from psqe.align import (AlignData, MutualNeighbours, TrainConfig, UncertaintyWeighting, contrastive_loss, embed, fit,
                         ial_loss, nca_loss, rank_metrics)
+from psqe.align.losses import ial_target, icl_ial_losses
 from psqe.align.train import _batch_rows, _batch_views, _lr_factor
 from psqe.data.synthetic import make_pair
 
@@ -71,6 +72,33 @@ def test_losses_match_the_authors_formulas():
         nca_loss(x, y[:5])
     with pytest.raises(ValueError, match="non-empty"):
         ial_loss(x[:0], y[:0], t1[:0], t2[:0])
+
+
+@pytest.mark.parametrize("batch,weights,tau2", [(40, (1.0, 1.0), 4.0), (7, (0.3, -2.0), 0.5), (64, (0.0, 1.0), 4.0),
+                                                (16, (1.0, 0.0), 1.0)])
+def test_icl_ial_from_one_product_match_the_separate_terms(batch, weights, tau2):
+    """MCLEA's fused ICL + IAL (one product of the batch's rows) against contrastive_loss and ial_loss
+    (each checked against the authors' formulas above): the values, and the gradients of any weighted sum."""
+    g = torch.Generator().manual_seed(batch)
+    x, y, t1, t2 = (torch.randn(batch, 12, generator=g) for _ in range(4))
+    y = x + 0.5 * y
+    grads = []
+    for fused in (True, False):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        if fused:
+            icl, ial = icl_ial_losses(a, b, ial_target(t1, t2, tau2), tau=0.1, tau2=tau2, zoom=0.1)
+        else:
+            icl, ial = contrastive_loss(a, b, tau=0.1, combine="log"), ial_loss(a, b, t1, t2, tau=tau2, zoom=0.1)
+        (weights[0] * icl + weights[1] * ial).backward()
+        grads.append((icl.detach(), ial.detach(), a.grad, b.grad))
+    (icl_f, ial_f, ga_f, gb_f), (icl_r, ial_r, ga_r, gb_r) = grads
+    torch.testing.assert_close(icl_f, icl_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ial_f, ial_r, rtol=1e-4, atol=1e-9)
+    assert float(ial_r) > 1e-6  # a real KL to match, not zero against zero (MCLEA's tau2 = 4 gives ~5e-6)
+    torch.testing.assert_close(ga_f, ga_r, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(gb_f, gb_r, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="log_q must be"):
+        icl_ial_losses(x, y, ial_target(t1[:-1], t2[:-1]))
 
 
 def test_ial_target_is_detached_and_uncertainty_weighting():

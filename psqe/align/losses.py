@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..seeds.stage2_train import icl_loss
+from torch.autograd.function import once_differentiable
+
+from ..seeds.stage2_train import _logsumexp_others, icl_loss
 
 #: A finite stand-in for -inf on masked logits (KL needs finite inputs), as in MCLEA's code.
 _LARGE = 1e9
@@ -121,44 +123,110 @@ def ial_loss(src1: Tensor, src2: Tensor, tgt1: Tensor, tgt2: Tensor, tau: float 
 
     with ``p`` the source's softmax, ``q`` the target's, and the mean over all
     ``B x 2B`` entries (MCLEA's ``reduction="mean"``). MCLEA: ``tau=4.0``
-    (its ``tau2``), ``zoom=0.1``, ``ab_weight=0.5``. :func:`ial_losses` does
-    several modalities against one target.
+    (its ``tau2``), ``zoom=0.1``, ``ab_weight=0.5``. MCLEA trains with
+    :func:`icl_ial_losses` (the same value from ICL's product).
 
     >>> import torch
     >>> a = torch.randn(5, 8)
     >>> float(ial_loss(a, a + 1, a, a + 1))  # same distributions: no loss
     0.0
     """
-    return ial_losses([(src1, src2)], tgt1, tgt2, tau, zoom, ab_weight)[0]
+    s1, s2 = _batch(src1, src2, "ial_loss")
+    t1, t2 = _batch(tgt1, tgt2, "ial_loss")
+    if s1.size(0) != t1.size(0):
+        raise ValueError(f"ial_loss: {s1.size(0)} source rows but {t1.size(0)} target rows")
+    s1, s2 = F.normalize(s1, dim=1), F.normalize(s2, dim=1)
+    t1, t2 = F.normalize(t1.detach(), dim=1), F.normalize(t2.detach(), dim=1)
+    p_ab, p_ba = _pair_logits(s1, s2, tau)
+    q_ab, q_ba = _pair_logits(t1, t2, tau)
+    kl_a = F.kl_div(F.log_softmax(p_ab, 1), F.log_softmax(q_ab, 1), reduction="none", log_target=True).mean()
+    kl_b = F.kl_div(F.log_softmax(p_ba, 1), F.log_softmax(q_ba, 1), reduction="none", log_target=True).mean()
+    return zoom * (ab_weight * kl_a + (1 - ab_weight) * kl_b)
 
 
-def ial_losses(sources: Sequence[tuple[Tensor, Tensor]], tgt1: Tensor, tgt2: Tensor, tau: float = 4.0,
-               zoom: float = 0.1, ab_weight: float = 0.5) -> list[Tensor]:
-    """:func:`ial_loss` of each ``(src1, src2)`` in ``sources`` against the one target ``tgt1/tgt2``.
-
-    The target's in-batch distributions are computed once (MCLEA's IAL has
-    one per modality, all against the joint embedding).
+def ial_target(tgt1: Tensor, tgt2: Tensor, tau: float = 4.0) -> Tensor:
+    """The IAL target of a batch for :func:`icl_ial_losses`: ``[2B, 2B]`` row log-softmaxes of the
+    L2-normalised joint embeddings' in-batch logits (rows and columns: the kg1 entities, then the kg2
+    ones; self-similarity masked), detached.
 
     >>> import torch
-    >>> a, b, t = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
-    >>> [round(float(x), 6) for x in ial_losses([(a, b), (b, a)], t, t + 1)] == [
-    ...     round(float(ial_loss(a, b, t, t + 1)), 6), round(float(ial_loss(b, a, t, t + 1)), 6)]
-    True
+    >>> [round(float(x), 5) for x in ial_target(torch.eye(2), torch.eye(2)).exp().sum(1)]  # each row a distribution
+    [1.0, 1.0, 1.0, 1.0]
     """
-    t1, t2 = _batch(tgt1, tgt2, "ial_loss")
-    t1, t2 = F.normalize(t1.detach(), dim=1), F.normalize(t2.detach(), dim=1)
-    q_ab, q_ba = (F.log_softmax(q, 1) for q in _pair_logits(t1, t2, tau))
-    losses = []
-    for src1, src2 in sources:
-        s1, s2 = _batch(src1, src2, "ial_loss")
-        if s1.size(0) != t1.size(0):
-            raise ValueError(f"ial_loss: {s1.size(0)} source rows but {t1.size(0)} target rows")
-        s1, s2 = F.normalize(s1, dim=1), F.normalize(s2, dim=1)
-        p_ab, p_ba = _pair_logits(s1, s2, tau)
-        kl_a = F.kl_div(F.log_softmax(p_ab, 1), q_ab, reduction="none", log_target=True).mean()
-        kl_b = F.kl_div(F.log_softmax(p_ba, 1), q_ba, reduction="none", log_target=True).mean()
-        losses.append(zoom * (ab_weight * kl_a + (1 - ab_weight) * kl_b))
-    return losses
+    t1, t2 = _batch(tgt1, tgt2, "ial_target")
+    t = F.normalize(torch.cat([t1, t2]).detach(), dim=1)
+    logits = (t / tau) @ t.t()
+    logits.diagonal().fill_(-_LARGE)
+    return F.log_softmax(logits, dim=1)
+
+
+def icl_ial_losses(h1: Tensor, h2: Tensor, log_q: Tensor, tau: float = 0.1, tau2: float = 4.0, zoom: float = 0.1,
+                   ab_weight: float = 0.5) -> tuple[Tensor, Tensor]:
+    """One modality's ICL and IAL terms of MCLEA on a batch, from one product.
+
+    Returns ``contrastive_loss(h1, h2, tau, combine="log")`` and ``ial_loss(h1,
+    h2, t1, t2, tau2, zoom, ab_weight)`` where ``log_q = ial_target(t1, t2,
+    tau2)``: both terms read the same cosines of the batch's normalised rows
+    (IAL's logits are ICL's candidates at another temperature), so one
+    ``[2B, 2B]`` product serves both, and the backward is one pair of
+    products for the two (:class:`_ICLIAL`), where the separate terms take
+    three products forward and six backward for IAL alone.
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a, b, t = (torch.randn(6, 8, generator=g) for _ in range(3))
+    >>> icl, ial = icl_ial_losses(a, b, ial_target(t, t + 1))
+    >>> abs(float(icl) - float(contrastive_loss(a, b))) < 1e-6, abs(float(ial) / float(ial_loss(a, b, t, t + 1)) - 1) < 1e-4
+    (True, True)
+    """
+    x, y = _batch(h1, h2, "icl_ial_losses")
+    if log_q.shape != (2 * x.size(0), 2 * x.size(0)):
+        raise ValueError(f"icl_ial_losses: log_q must be [{2 * x.size(0)}, {2 * x.size(0)}] (ial_target of the "
+                         f"batch), got {tuple(log_q.shape)}")
+    x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    return _ICLIAL.apply(x, y, log_q.detach().float(), float(tau), float(tau2), float(zoom), float(ab_weight))
+
+
+class _ICLIAL(torch.autograd.Function):
+    """:func:`icl_ial_losses` with a hand-written backward (the cosines ``S = H H^T``, ``H = [h1; h2]``:
+    ``dH = (G + G^T) H`` with ``G`` the two terms' gradients with respect to ``S``)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, h1, h2, log_q, tau, tau2, zoom, ab_weight):
+        b = h1.size(0)
+        h = torch.cat([h1, h2])
+        cos = h @ h.t()
+        pos = (h1 * h2).sum(dim=1)
+        lse, p = _logsumexp_others(cos / tau)  # ICL: the candidates' softmax, in place of a copy
+        icl = (lse - pos.repeat(2) / tau).mean()
+        log_p2 = cos.div_(tau2)  # IAL: the source's distribution at tau2, in place of the cosines
+        log_p2.diagonal().fill_(-_LARGE)
+        log_p2 = torch.log_softmax(log_p2, dim=1)
+        q = log_q.exp()
+        rows = torch.full((2 * b,), zoom / (2 * b * b), device=h.device)  # the mean over B x 2B entries per side
+        rows[:b] *= ab_weight
+        rows[b:] *= 1 - ab_weight
+        ial = (rows * (q * (log_q - log_p2)).sum(dim=1)).sum()
+        diff = log_p2.exp_().sub_(q)  # dKL_i / d(logit_ij) = p_ij - q_ij
+        diff.diagonal().zero_()  # the masked self-similarity takes no gradient
+        ctx.tau, ctx.tau2 = tau, tau2
+        ctx.save_for_backward(h, p, diff, rows)
+        return icl, ial
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_icl, g_ial):
+        h, p, diff, rows = ctx.saved_tensors
+        b = h.size(0) // 2
+        c = g_icl / (2 * b)  # d icl / d log_p_i = -1 / 2B for each of the 2B rows
+        g = p.mul_(c / ctx.tau).add_(diff.mul_((rows * (g_ial / ctx.tau2))[:, None]))
+        dh = torch.mm(g, h) + torch.mm(g.t(), h)
+        dpos = (2 * c / ctx.tau)  # each positive cosine appears in two rows
+        dh[:b].sub_(h[b:] * dpos)
+        dh[b:].sub_(h[:b] * dpos)
+        return dh[:b], dh[b:], None, None, None, None, None
 
 
 class UncertaintyWeighting(nn.Module):
@@ -187,4 +255,5 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
 
 
-__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_losses", "icl_loss", "nca_loss"]
+__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses", "icl_loss",
+           "nca_loss"]

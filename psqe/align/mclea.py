@@ -65,8 +65,8 @@ import torch
 from torch import Tensor, nn
 
 from .data import AlignData
-from .encoders import ModalityEncoders, WeightedConcat, icl_terms
-from .losses import UncertaintyWeighting, contrastive_loss, ial_losses
+from .encoders import ModalityEncoders, WeightedConcat
+from .losses import UncertaintyWeighting, contrastive_loss, ial_target, icl_ial_losses
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -172,14 +172,14 @@ class MCLEA(nn.Module):
         return contrastive_loss(joint[pairs[:, 0]], joint[pairs[:, 1]], tau=self.config.tau, combine="log")
 
     def modal_terms(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
-        """Uncertainty-weighted per-modality ICL plus the doubly zoomed, uncertainty-weighted IAL."""
+        """Uncertainty-weighted per-modality ICL plus the doubly zoomed, uncertainty-weighted IAL
+        (each modality's two terms from one product, :func:`~psqe.align.losses.icl_ial_losses`)."""
         cfg = self.config
-        icl = self.icl_weighting(icl_terms(out, self.modalities, pairs, cfg.tau))
         left, right = pairs[:, 0], pairs[:, 1]
-        joint = out["joint"]
-        ial = ial_losses([(out[m][left], out[m][right]) for m in self.modalities], joint[left], joint[right],
-                         tau=cfg.tau2, zoom=cfg.zoom)
-        return icl + cfg.zoom * self.ial_weighting(ial)
+        log_q = ial_target(out["joint"][left], out["joint"][right], cfg.tau2)
+        icl, ial = zip(*(icl_ial_losses(out[m][left], out[m][right], log_q, cfg.tau, cfg.tau2, cfg.zoom)
+                         for m in self.modalities))
+        return self.icl_weighting(list(icl)) + cfg.zoom * self.ial_weighting(list(ial))
 
     def loss(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
         return self.joint_term(out, pairs) + self.modal_terms(out, pairs)
