@@ -5,14 +5,15 @@ held out (as ``--clean-selection val`` does), and every ``--every`` epochs
 records (``TrainResult.val_history``):
 
 - the held-out seeds' MRR and H@1 (``val_*``: the selection ``psqe`` offers now);
-- the label-free scores of :func:`psqe.align.selection.label_free_scores` over
-  the entities neither the training nor the held-out seeds use (``mnn``,
-  ``mnn_cos``): ``fit`` computes them itself under ``select_metric="mnn"``,
-  and restores nothing, so the run is the plain one;
-- through ``fit``'s ``monitor``, the report's clean test H@1 (``test_hits@1``:
-  the oracle, never a criterion) and, against the gold links, how many of the
-  ``mnn`` pairs are right (``mnn_correct``, ``mnn_precision``: why ``mnn``
-  picks well or badly, never a criterion).
+- through ``fit``'s ``monitor`` (``fit`` restores nothing, so the run is the
+  plain one): the label-free scores of
+  :func:`psqe.align.selection.label_free_scores` over the entities neither
+  the training nor the held-out seeds use (``mnn``, ``mnn_cos``: what
+  ``select_metric="mnn"`` selects on), the report's clean test H@1
+  (``test_hits@1``: the oracle, never a criterion) and, against the gold
+  links, how many of the ``mnn`` pairs are right (``mnn_correct``,
+  ``mnn_precision``: why ``mnn`` picks well or badly, never a criterion),
+  all from one mutual-nearest pass per check.
 
 Writes ``OUT/<model>-<method>.json`` (the history) after each run and
 ``OUT/selection.md``: per seed set, the test H@1 at the epoch each criterion
@@ -43,7 +44,7 @@ from pathlib import Path
 import torch
 
 from psqe.align import AlignData, build_aligner, embed, evaluate, fit
-from psqe.align.selection import free_entities, mutual_nearest, picks, rank_correlation
+from psqe.align.selection import free_entities, mutual_nearest
 from psqe.data import load_dataset
 from psqe.features import load_feature_set
 from psqe.features._util import atomic_write
@@ -68,31 +69,77 @@ def tolerant_pick(history: list[dict], key: str, tol: float) -> dict:
     return next(r for r in history if r[key] >= (1 - tol) * top)
 
 
-def mnn_gold(joint, data, *used) -> dict:
-    """How many of the mutual nearest neighbours among the entities none of ``used`` touches are gold links.
+def picks(history: list[dict], criteria: tuple[str, ...], target: str) -> dict[str, dict]:
+    """What selecting by each of ``criteria`` over ``history`` (a study history) would give.
 
-    The same pairs as :func:`psqe.align.selection.label_free_scores`' ``mnn``;
-    a pair whose kg1 entity has no gold partner counts as wrong.
+    For each criterion: the evaluation with its highest value (the first of
+    ties, as :func:`psqe.align.fit` selects) and ``target`` there. Also
+    ``"final"`` (the last evaluation) and ``"oracle"`` (the best ``target``,
+    which no label-free run can know). Ties resolve to the earliest epoch.
+
+    >>> h = [{"epoch": 9, "mnn": 5, "h1": 0.2}, {"epoch": 19, "mnn": 9, "h1": 0.4}, {"epoch": 29, "mnn": 7, "h1": 0.3}]
+    >>> picks(h, ("mnn",), "h1")
+    {'mnn': {'epoch': 19, 'h1': 0.4}, 'final': {'epoch': 29, 'h1': 0.3}, 'oracle': {'epoch': 19, 'h1': 0.4}}
+    """
+    if not history:
+        raise ValueError("picks: the history is empty (was eval_every set?)")
+
+    def at(i: int) -> dict:
+        return {"epoch": history[i]["epoch"], target: history[i][target]}
+
+    def best(key: str) -> int:
+        return max(range(len(history)), key=lambda i: (history[i][key], -i))
+
+    return {**{c: at(best(c)) for c in criteria}, "final": at(len(history) - 1), "oracle": at(best(target))}
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two equal-length sequences (ties get their mean rank); nan below 2 values.
+
+    >>> rank_correlation([1, 2, 3, 4], [10, 20, 30, 25])
+    0.8
+    """
+    if len(a) != len(b):
+        raise ValueError(f"rank_correlation: lengths differ ({len(a)} and {len(b)})")
+    if len(a) < 2:
+        return float("nan")
+
+    def ranks(x) -> torch.Tensor:
+        t = torch.as_tensor(x, dtype=torch.float64)
+        below, equal = (t[:, None] > t[None, :]).sum(1), (t[:, None] == t[None, :]).sum(1)
+        return below.double() + 0.5 * (equal.double() - 1)
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float((ra.square().sum() * rb.square().sum()).sqrt())
+    return float((ra * rb).sum()) / den if den else float("nan")
+
+
+def mnn_scores(joint, data, *used) -> dict:
+    """:func:`psqe.align.selection.label_free_scores` (``mnn``, ``mnn_rate``, ``mnn_cos``) and how many of
+    those mutual nearest neighbours are gold links (``mnn_correct``, ``mnn_precision``), from one pass.
+
+    A pair whose kg1 entity has no gold partner counts as wrong.
     """
     left, right = free_entities(joint.shape[0], data.n1, *used, device=joint.device)
-    l, r, _ = mutual_nearest(joint, left, right)
+    l, r, cos = mutual_nearest(joint, left, right)
     partner = torch.full((joint.shape[0],), -1, dtype=torch.long, device=joint.device)
     partner[data.links[:, 0].to(joint.device)] = data.links[:, 1].to(joint.device)
-    correct = int((partner[l] == r).sum())
-    return {"mnn_correct": correct, "mnn_precision": correct / max(l.numel(), 1)}
+    count, correct = int(l.numel()), int((partner[l] == r).sum())
+    return {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0,
+            "mnn_correct": correct, "mnn_precision": correct / max(count, 1)}
 
 
 def run_one(model_name, data, split, epochs, every, seed) -> list[dict]:
     """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs."""
     model, config = build_aligner(model_name, data, seed=seed, epochs=epochs)
-    # a label-free select_metric makes fit record the label-free scores beside the held-out seeds' ranks;
-    # nothing is restored, so the run is the plain run
-    config = dataclasses.replace(config, eval_every=every, select_metric="mnn", restore_best=False, seed=seed)
+    # fit records the held-out seeds' ranks; nothing is restored, so the run is the plain run
+    config = dataclasses.replace(config, eval_every=every, restore_best=False, seed=seed)
 
     def monitor(epoch, m, d):
         out = embed(m, d)
         test = evaluate(out, split, d)
-        return {TARGET: test["hits@1"], "test_mrr": test["mrr"], **mnn_gold(out["joint"], d, split.train, split.val)}
+        return {TARGET: test["hits@1"], "test_mrr": test["mrr"], **mnn_scores(out["joint"], d, split.train, split.val)}
 
     torch.manual_seed(seed)
     result = fit(model, data, split.train, config, val_pairs=split.val, monitor=monitor)

@@ -1,17 +1,13 @@
-"""psqe.align.selection (label-free scores, the study's picks and rank
-correlation) and ``fit``'s ``monitor``: against brute force, scipy and the
-run without a monitor."""
+"""psqe.align.selection (label-free scores) and ``fit``'s ``monitor``: against
+brute force and the run without a monitor."""
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 
 from psqe.align import AlignData, TrainConfig, embed, fit
-from psqe.align.selection import free_entities, label_free_scores, mutual_nearest, picks, rank_correlation
+from psqe.align.selection import free_entities, label_free_scores, mutual_nearest
 from psqe.data.synthetic import make_pair
 
 from test_align_train import Tiny
@@ -49,22 +45,6 @@ def test_label_free_scores_with_nothing_free():
     joint = torch.randn(4, 3)
     every = torch.tensor([[0, 2], [1, 3]])
     assert label_free_scores(joint, 2, every) == {"mnn": 0, "mnn_rate": 0.0, "mnn_cos": 0.0}
-
-
-def test_picks_and_rank_correlation_against_scipy():
-    g = torch.Generator().manual_seed(4)
-    a = torch.randint(0, 6, (40,), generator=g).tolist()  # many ties
-    b = (torch.tensor(a) + torch.randint(0, 4, (40,), generator=g)).tolist()
-    assert rank_correlation(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
-    assert math.isnan(rank_correlation([1], [2])) and math.isnan(rank_correlation([1, 1], [1, 2]))
-    with pytest.raises(ValueError, match="lengths differ"):
-        rank_correlation([1, 2], [1])
-    hist = [{"epoch": e, "c": c, "t": t} for e, c, t in ((4, 1, 0.1), (9, 3, 0.5), (14, 3, 0.6), (19, 2, 0.4))]
-    chosen = picks(hist, ("c", "t"), "t")
-    assert chosen == {"c": {"epoch": 9, "t": 0.5}, "t": {"epoch": 14, "t": 0.6},  # ties: the first, as fit keeps
-                      "final": {"epoch": 19, "t": 0.4}, "oracle": {"epoch": 14, "t": 0.6}}
-    with pytest.raises(ValueError, match="history is empty"):
-        picks([], ("c",), "t")
 
 
 @pytest.fixture(scope="module")

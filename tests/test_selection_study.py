@@ -1,14 +1,18 @@
-"""bench/selection_study.py's analysis: the gold-link count of the ``mnn`` pairs, the tolerance pick, ``--from-json``."""
+"""bench/selection_study.py's analysis: the ``mnn`` scores and their gold-link count, the picks, the rank
+correlation, the tolerance pick, ``--from-json``."""
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 
 from psqe.align import AlignData
 from psqe.align.selection import label_free_scores
@@ -44,21 +48,37 @@ def brute_mnn_gold(joint, data, used):
 
 
 @pytest.mark.parametrize("copied", [True, False])
-def test_mnn_gold_against_a_dense_oracle(study, copied):
+def test_mnn_scores_against_a_dense_oracle(study, copied):
     data = AlignData.from_pair(make_pair(200, seed=2))
     g = torch.Generator().manual_seed(0)
     joint = torch.randn(data.n1 + data.n2, 16, generator=g)
     if copied:  # every free gold pair becomes mutual nearest: the count is the free gold links
         joint[data.links[:, 1]] = joint[data.links[:, 0]] + 0.01 * torch.randn(data.links.shape[0], 16, generator=g)
     used = data.links[:50]
-    got = study.mnn_gold(joint, data, used)
+    got = study.mnn_scores(joint, data, used)
     count, right = brute_mnn_gold(joint, data, used)
-    assert label_free_scores(joint, data.n1, used)["mnn"] == count
-    assert got["mnn_correct"] == right and got["mnn_precision"] == pytest.approx(right / count)
+    assert {k: got[k] for k in ("mnn", "mnn_rate", "mnn_cos")} == label_free_scores(joint, data.n1, used)
+    assert got["mnn"] == count and got["mnn_correct"] == right and got["mnn_precision"] == pytest.approx(right / count)
     if copied:
         assert right == data.links.shape[0] - 50
     else:
         assert right < 10  # random embeddings: almost no gold pair is mutual nearest
+
+
+def test_picks_and_rank_correlation_against_scipy(study):
+    g = torch.Generator().manual_seed(4)
+    a = torch.randint(0, 6, (40,), generator=g).tolist()  # many ties
+    b = (torch.tensor(a) + torch.randint(0, 4, (40,), generator=g)).tolist()
+    assert study.rank_correlation(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert math.isnan(study.rank_correlation([1], [2])) and math.isnan(study.rank_correlation([1, 1], [1, 2]))
+    with pytest.raises(ValueError, match="lengths differ"):
+        study.rank_correlation([1, 2], [1])
+    hist = [{"epoch": e, "c": c, "t": t} for e, c, t in ((4, 1, 0.1), (9, 3, 0.5), (14, 3, 0.6), (19, 2, 0.4))]
+    chosen = study.picks(hist, ("c", "t"), "t")
+    assert chosen == {"c": {"epoch": 9, "t": 0.5}, "t": {"epoch": 14, "t": 0.6},  # ties: the first, as fit keeps
+                      "final": {"epoch": 19, "t": 0.4}, "oracle": {"epoch": 14, "t": 0.6}}
+    with pytest.raises(ValueError, match="history is empty"):
+        study.picks([], ("c",), "t")
 
 
 def history(mnn, test):
@@ -84,3 +104,25 @@ def test_from_json_rewrites_the_summary_without_training(study, tmp_path):
         study.main(args + ["--methods", "uvp"])  # no history for it
     with pytest.raises(SystemExit):
         study.main(["--out", str(tmp_path), "--dataset", "DBP15K/zh_en"])  # a training run needs the data
+
+
+def test_run_one_records_each_check_from_the_plain_run(study):
+    """run_one on the synthetic pair: every check carries the held-out seeds' ranks, the label-free scores,
+    their gold count and the test H@1; the final check's scores are those of the trained model itself."""
+    from psqe.align import build_aligner, embed, evaluate, fit
+    from psqe.align.metrics import clean_split
+
+    pair = make_pair(200, seed=4)
+    data = AlignData.from_pair(pair)
+    split = clean_split(pair.links, pair.links[:60], val_ratio=0.2, seed=0).to_pair_index(data)
+    hist = study.run_one("mclea", data, split, 6, 3, 7)
+    assert [r["epoch"] for r in hist] == [2, 5]
+    assert {"val_mrr", "val_hits@1", "mnn", "mnn_rate", "mnn_cos", "mnn_correct", "test_hits@1"} <= set(hist[0])
+    model, config = build_aligner("mclea", data, seed=7, epochs=6)  # the same run without the study's checks
+    torch.manual_seed(7)
+    fit(model, data, split.train, dataclasses.replace(config, seed=7), progress=False)
+    out = embed(model, data)
+    scores = label_free_scores(out["joint"], data.n1, split.train, split.val)
+    assert {k: hist[-1][k] for k in ("mnn", "mnn_rate", "mnn_cos")} == scores
+    assert hist[-1]["test_hits@1"] == pytest.approx(evaluate(out, split, data)["hits@1"])
+    assert 0 < hist[-1]["mnn_correct"] <= hist[-1]["mnn"]

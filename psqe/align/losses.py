@@ -176,8 +176,10 @@ def icl_ial_losses(h1: Tensor, h2: Tensor, log_q: Tensor, tau: float = 0.1, tau2
     >>> g = torch.Generator().manual_seed(0)
     >>> a, b, t = (torch.randn(6, 8, generator=g) for _ in range(3))
     >>> icl, ial = icl_ial_losses(a, b, ial_target(t, t + 1))
-    >>> abs(float(icl) - float(contrastive_loss(a, b))) < 1e-6, abs(float(ial) / float(ial_loss(a, b, t, t + 1)) - 1) < 1e-4
-    (True, True)
+    >>> abs(float(icl) - float(contrastive_loss(a, b))) < 1e-6
+    True
+    >>> abs(float(ial) / float(ial_loss(a, b, t, t + 1)) - 1) < 1e-4
+    True
     """
     x, y = _batch(h1, h2, "icl_ial_losses")
     if log_q.shape != (2 * x.size(0), 2 * x.size(0)):
@@ -255,5 +257,5 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
 
 
-__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses", "icl_loss",
-           "nca_loss"]
+__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses",
+           "icl_loss", "nca_loss"]

@@ -311,7 +311,8 @@ def _batch_views(out: dict[str, Tensor], group: list[Tensor]):
     pseudo-links, 26 batches: 60% of a step's time).
 
     >>> out = {"joint": torch.arange(8.0).view(4, 2)}
-    >>> [(rows["joint"].tolist(), b.tolist()) for rows, b in _batch_views(out, [torch.tensor([[2, 0]]), torch.tensor([[1, 3]])])]
+    >>> group = [torch.tensor([[2, 0]]), torch.tensor([[1, 3]])]
+    >>> [(rows["joint"].tolist(), b.tolist()) for rows, b in _batch_views(out, group)]
     [([[4.0, 5.0], [0.0, 1.0]], [[0, 1]]), ([[2.0, 3.0], [6.0, 7.0]], [[0, 1]])]
     """
     order = torch.cat([b.t().flatten() for b in group])
