@@ -89,8 +89,10 @@ def test_icl_ial_from_one_product_match_the_separate_terms(batch, weights, tau2)
             icl, ial = icl_ial_losses(a, b, ial_target(t1, t2, tau2), tau=0.1, tau2=tau2, zoom=0.1)
         else:
             icl, ial = contrastive_loss(a, b, tau=0.1, combine="log"), ial_loss(a, b, t1, t2, tau=tau2, zoom=0.1)
-        (weights[0] * icl + weights[1] * ial).backward()
-        grads.append((icl.detach(), ial.detach(), a.grad, b.grad))
+        (weights[0] * icl + weights[1] * ial).backward(retain_graph=True)
+        grads.append((icl.detach(), ial.detach(), a.grad.clone(), b.grad.clone()))
+        (weights[0] * icl + weights[1] * ial).backward()  # a second pass over the kept graph: the same gradient
+        torch.testing.assert_close(a.grad, 2 * grads[-1][2])
     (icl_f, ial_f, ga_f, gb_f), (icl_r, ial_r, ga_r, gb_r) = grads
     torch.testing.assert_close(icl_f, icl_r, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ial_f, ial_r, rtol=1e-4, atol=1e-9)

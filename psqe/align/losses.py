@@ -20,7 +20,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from torch.autograd.function import once_differentiable
 
 from ..seeds.stage2_train import _logsumexp_others, icl_loss
@@ -223,7 +222,7 @@ class _ICLIAL(torch.autograd.Function):
         h, p, diff, rows = ctx.saved_tensors
         b = h.size(0) // 2
         c = g_icl / (2 * b)  # d icl / d log_p_i = -1 / 2B for each of the 2B rows
-        g = p.mul_(c / ctx.tau).add_(diff.mul_((rows * (g_ial / ctx.tau2))[:, None]))
+        g = p * (c / ctx.tau) + diff * (rows * (g_ial / ctx.tau2))[:, None]  # saved tensors stay as they are
         dh = torch.mm(g, h) + torch.mm(g.t(), h)
         dpos = (2 * c / ctx.tau)  # each positive cosine appears in two rows
         dh[:b].sub_(h[b:] * dpos)
