@@ -473,6 +473,8 @@ def test_cells_record_the_code_commit(report):
     else:
         assert commit is None
     entry = json.loads((report / "cells" / "eva__uvp.json").read_text())["legacy"]
+    # read once when the run starts: config.json and every cell name the code the process loaded
+    assert json.loads((report / "config.json").read_text())["versions"]["commit"] == entry["commit"]
     if inside:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=folder,
                                capture_output=True, text=True, check=True).stdout.strip()

@@ -36,7 +36,11 @@ divided by 5): ``mclea_train_config(epochs=1000, il=True)``.
 Each training step computes the modality linears on its batches' entities
 only (``rows_per_batch``, :func:`~psqe.align.fit`): no loss term reads
 another entity's row, so values and gradients are the full pass's; the
-graph attention still runs over the whole graph.
+graph attention still runs over the whole graph. Each modality's ICL and IAL
+terms come from one product of the batch's rows
+(:func:`~psqe.align.losses.icl_ial_losses`: IAL's logits are ICL's
+cosines at ``tau2``), and the IAL target (the joint embedding's in-batch
+distribution) is computed once per batch, not once per modality.
 
 Deviations: projection heads and instance normalisation (off in the authors'
 runs) are not implemented. With iterative learning the authors re-create the

@@ -167,13 +167,16 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _versions() -> dict:
+    """The software and machine of a run; ``commit`` is read when the run starts (the code it loaded), and
+    every cell of the process records that same one, even if the checkout moves on while it runs."""
     import torch_geometric
 
     from .. import ops
-    return {"psqe": __version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "backend": ops.backend(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    from .cells import code_commit
+    return {"psqe": __version__, "commit": code_commit(), "torch": torch.__version__,
+            "torch_geometric": torch_geometric.__version__, "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "backend": ops.backend(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _dataset_key(pair_name: str) -> str | None:
