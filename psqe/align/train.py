@@ -11,8 +11,8 @@ model whose loss reads only its batch's rows may set ``rows_per_batch = True``
 (MEAformer, MCLEA, PCMEA): a training step then calls ``forward(data, nodes=...)`` with
 the step's entities (sorted), which returns one row per node in every value
 (``[len(nodes), ...]``; PCMEA adds ``"rows"``, the rows' entity ids), and
-calls ``loss`` once per batch with that batch's rows only (its kg1 entities,
-then its kg2 ones) and the pairs as positions there. Every other call
+calls ``loss`` once per batch with that batch's rows only and the pairs as
+positions there (:func:`_batch_views`). Every other call
 (evaluation, iterative learning, the model's own hooks) is a full pass.
 
 **An epoch** shuffles the training pairs (generator seeded by ``seed``) into
@@ -308,13 +308,17 @@ def _batch_views(out: dict[str, Tensor], group: list[Tensor]):
     backward scatters each output's gradient once. Indexing the step's
     outputs per batch and loss term instead scattered a zero-filled
     gradient of the outputs' full size for every index (PCMEA with 12,000
-    pseudo-links, 26 batches: 60% of a step's time).
+    pseudo-links, 26 batches: 60% of a step's time). A step of one batch
+    keeps its rows as they are.
 
     >>> out = {"joint": torch.arange(8.0).view(4, 2)}
     >>> group = [torch.tensor([[2, 0]]), torch.tensor([[1, 3]])]
     >>> [(rows["joint"].tolist(), b.tolist()) for rows, b in _batch_views(out, group)]
     [([[4.0, 5.0], [0.0, 1.0]], [[0, 1]]), ([[2.0, 3.0], [6.0, 7.0]], [[0, 1]])]
     """
+    if len(group) == 1:  # one batch a step (MEAformer): its rows are the step's, nothing to split
+        yield out, group[0]
+        return
     order = torch.cat([b.t().flatten() for b in group])
     sizes = [2 * b.shape[0] for b in group]
     chunks = {k: v[order].split(sizes) for k, v in out.items()}
