@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from psqe.align import AlignData, fit
+from psqe.align.losses import contrastive_loss, ial_loss
 from psqe.align.mclea import MCLEA, MCLEAConfig, mclea_train_config
 from psqe.data.synthetic import make_pair
 
@@ -68,6 +69,39 @@ def test_outputs_and_loss(align_setup):
     assert model.fusion.raw.grad is not None and model.ial_weighting.log_vars.grad is not None
     with pytest.raises(ValueError, match="built for"):
         model(AlignData.from_pair(make_pair(50, seed=1)))
+
+
+def test_loss_is_the_authors_sum_of_terms(align_setup):
+    """MCLEA's loss (joint ICL and IAL target from one product, each modality's ICL and IAL from another)
+    against the formula of the module docstring written with the separate terms: value and gradients."""
+    data, split = align_setup
+    config = MCLEAConfig(graph_dim=12, visual_dim=5, attribute_dim=6, relation_dim=7)
+    model = MCLEA(data, config, seed=0)
+    with torch.no_grad():  # unequal uncertainty weights, so a term weighted wrongly shows
+        model.icl_weighting.log_vars.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
+        model.ial_weighting.log_vars.copy_(torch.tensor([-0.4, 0.2, 0.6, -0.1]))
+    pairs = split.train[:48]
+    left, right = pairs[:, 0], pairs[:, 1]
+    grads = []
+    for fused in (True, False):
+        model.zero_grad()
+        out = model(data)
+        if fused:
+            loss = model.loss(out, pairs)
+        else:
+            joint = out["joint"]
+            loss = (contrastive_loss(joint[left], joint[right], tau=0.1)
+                    + model.icl_weighting([contrastive_loss(out[m][left], out[m][right], tau=0.1)
+                                           for m in model.modalities])
+                    + 0.1 * model.ial_weighting([ial_loss(out[m][left], out[m][right], joint[left], joint[right],
+                                                          tau=4.0, zoom=0.1) for m in model.modalities]))
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (loss_f, grad_f), (loss_r, grad_r) = grads
+    torch.testing.assert_close(loss_f, loss_r, rtol=1e-5, atol=1e-6)
+    assert grad_f.keys() == grad_r.keys() and "fusion.raw" in grad_f
+    for k in grad_r:
+        torch.testing.assert_close(grad_f[k], grad_r[k], rtol=1e-3, atol=1e-6, msg=k)
 
 
 def test_surface_switch_and_skipped_modalities(align_setup, caplog):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from psqe.align import AlignData, TrainResult, fit
-from psqe.align.losses import contrastive_loss
+from psqe.align.losses import contrastive_loss, ial_target
 from psqe.align.pcmea import PCMEA, PCMEAConfig, pcmea_train_config
 from psqe.data.synthetic import make_pair
 from psqe.reproduce.cells import added_pairs
@@ -107,7 +107,9 @@ def test_momentum_encoder_and_momentum_contrast(align_setup, trained):
     torch.testing.assert_close(model.momentum_joint, cached)
     pairs = split.train[:64]
     expected = contrastive_loss(out["joint"][pairs[:, 0]], cached[pairs[:, 1]], tau=0.05, combine="log")
-    torch.testing.assert_close(model.joint_term(out, pairs), expected)
+    icl, log_q = model.joint_term(out, pairs)
+    torch.testing.assert_close(icl, expected)
+    torch.testing.assert_close(log_q, ial_target(out["joint"][pairs[:, 0]], out["joint"][pairs[:, 1]], tau=4.0))
 
 
 def test_pseudo_links_join_the_batches(align_setup):

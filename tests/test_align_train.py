@@ -14,7 +14,7 @@ from torch import nn
 
 from psqe.align import (AlignData, MutualNeighbours, TrainConfig, UncertaintyWeighting, contrastive_loss, embed, fit,
                         ial_loss, nca_loss, rank_metrics)
-from psqe.align.losses import ial_target, icl_ial_losses
+from psqe.align.losses import ial_target, icl_ial_losses, icl_with_target
 from psqe.align.train import _batch_rows, _batch_views, _lr_factor
 from psqe.data.synthetic import make_pair
 
@@ -101,6 +101,36 @@ def test_icl_ial_from_one_product_match_the_separate_terms(batch, weights, tau2)
     torch.testing.assert_close(gb_f, gb_r, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="log_q must be"):
         icl_ial_losses(x, y, ial_target(t1[:-1], t2[:-1]))
+
+
+@pytest.mark.parametrize("batch,tau,tau2", [(40, 0.1, 4.0), (7, 0.05, 0.5), (64, 0.1, 1.0)])
+def test_joint_icl_and_ial_target_from_one_product(batch, tau, tau2):
+    """MCLEA's joint ICL with the batch's IAL target (one product) against contrastive_loss and
+    ial_target: the values, the target detached, the gradient, and a second backward over a kept graph."""
+    g = torch.Generator().manual_seed(batch)
+    x, y = torch.randn(batch, 12, generator=g), torch.randn(batch, 12, generator=g)
+    y = x + 0.5 * y
+    grads = []
+    for fused in (True, False):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        if fused:
+            icl, log_q = icl_with_target(a, b, tau=tau, tau2=tau2)
+            assert not log_q.requires_grad
+            torch.testing.assert_close(log_q, ial_target(x, y, tau2), rtol=1e-5, atol=1e-6)
+        else:
+            icl = contrastive_loss(a, b, tau=tau, combine="log")
+        (3.0 * icl).backward(retain_graph=True)
+        grads.append((icl.detach(), a.grad.clone(), b.grad.clone()))
+        (3.0 * icl).backward()
+        torch.testing.assert_close(a.grad, 2 * grads[-1][1])
+    (icl_f, ga_f, gb_f), (icl_r, ga_r, gb_r) = grads
+    torch.testing.assert_close(icl_f, icl_r, rtol=1e-5, atol=1e-5)  # a difference of logits ~1 / tau in float32
+    scale = float(ga_r.abs().max())
+    assert scale > 1e-3  # a real gradient to match, to float32 rounding of its largest entry
+    torch.testing.assert_close(ga_f, ga_r, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(gb_f, gb_r, rtol=1e-4, atol=1e-4 * scale)
+    with pytest.raises(ValueError, match="one shape"):
+        icl_with_target(x, y[:-1])
 
 
 def test_ial_target_is_detached_and_uncertainty_weighting():

@@ -220,14 +220,69 @@ class _ICLIAL(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_icl, g_ial):
         h, p, diff, rows = ctx.saved_tensors
-        b = h.size(0) // 2
-        c = g_icl / (2 * b)  # d icl / d log_p_i = -1 / 2B for each of the 2B rows
+        c = g_icl / h.size(0)  # d icl / d log_p_i = -1 / 2B for each of the 2B rows
         g = p * (c / ctx.tau) + diff * (rows * (g_ial / ctx.tau2))[:, None]  # saved tensors stay as they are
-        dh = torch.mm(g, h) + torch.mm(g.t(), h)
-        dpos = (2 * c / ctx.tau)  # each positive cosine appears in two rows
-        dh[:b].sub_(h[b:] * dpos)
-        dh[b:].sub_(h[:b] * dpos)
-        return dh[:b], dh[b:], None, None, None, None, None
+        dh1, dh2 = _cosine_backward(h, g, c / ctx.tau)
+        return dh1, dh2, None, None, None, None, None
+
+
+def _cosine_backward(h: Tensor, g: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradients of ``h1``, ``h2`` (``h = [h1; h2]``) for ``g``, the gradient with respect to the
+    cosines ``h h^T``, plus ``-2 c`` on each positive cosine ``h1_i . h2_i`` (ICL's numerators: each
+    appears in two of the ``2B`` rows, each row's weight ``-c``)."""
+    b = h.size(0) // 2
+    dh = torch.mm(g, h) + torch.mm(g.t(), h)
+    dh[:b].sub_(h[b:] * (2 * c))
+    dh[b:].sub_(h[:b] * (2 * c))
+    return dh[:b], dh[b:]
+
+
+def icl_with_target(h1: Tensor, h2: Tensor, tau: float = 0.1, tau2: float = 4.0) -> tuple[Tensor, Tensor]:
+    """MCLEA's joint ICL term and the batch's IAL target, from one product.
+
+    Returns ``contrastive_loss(h1, h2, tau, combine="log")`` and ``ial_target(h1,
+    h2, tau2)``: the joint embeddings' cosines give both the joint ICL and
+    the distribution every modality's IAL is pulled to, so one ``[2B, 2B]``
+    product forward serves both (the target is detached).
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    >>> icl, log_q = icl_with_target(a, b)
+    >>> abs(float(icl) - float(contrastive_loss(a, b))) < 1e-6, torch.allclose(log_q, ial_target(a, b), atol=1e-6)
+    (True, True)
+    """
+    x, y = _batch(h1, h2, "icl_with_target")
+    x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    return _ICLTarget.apply(x, y, float(tau), float(tau2))
+
+
+class _ICLTarget(torch.autograd.Function):
+    """:func:`icl_with_target` with a hand-written backward (that of :class:`_ICLIAL` without IAL)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, h1, h2, tau, tau2):
+        h = torch.cat([h1, h2])
+        cos = h @ h.t()
+        log_q = cos / tau2
+        log_q.diagonal().fill_(-_LARGE)
+        log_q = torch.log_softmax(log_q, dim=1)
+        lse, p = _logsumexp_others(cos.div_(tau))  # the cosines are not needed again
+        icl = (lse - (h1 * h2).sum(dim=1).repeat(2) / tau).mean()
+        ctx.tau = tau
+        ctx.save_for_backward(h, p)
+        ctx.mark_non_differentiable(log_q)
+        return icl, log_q
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_icl, _g_log_q):
+        h, p = ctx.saved_tensors
+        c = g_icl / h.size(0)
+        dh1, dh2 = _cosine_backward(h, p * (c / ctx.tau), c / ctx.tau)
+        return dh1, dh2, None, None
 
 
 class UncertaintyWeighting(nn.Module):
@@ -256,5 +311,5 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
 
 
-__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses",
+__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses", "icl_with_target",
            "icl_loss", "nca_loss"]

@@ -40,7 +40,8 @@ graph attention still runs over the whole graph. Each modality's ICL and IAL
 terms come from one product of the batch's rows
 (:func:`~psqe.align.losses.icl_ial_losses`: IAL's logits are ICL's
 cosines at ``tau2``), and the IAL target (the joint embedding's in-batch
-distribution) is computed once per batch, not once per modality.
+distribution) comes with the joint ICL from one product per batch
+(:func:`~psqe.align.losses.icl_with_target`).
 
 Deviations: projection heads and instance normalisation (off in the authors'
 runs) are not implemented. With iterative learning the authors re-create the
@@ -70,7 +71,7 @@ from torch import Tensor, nn
 
 from .data import AlignData
 from .encoders import ModalityEncoders, WeightedConcat
-from .losses import UncertaintyWeighting, contrastive_loss, ial_target, icl_ial_losses
+from .losses import UncertaintyWeighting, icl_ial_losses, icl_with_target
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -170,23 +171,25 @@ class MCLEA(nn.Module):
     def forward(self, data: AlignData, nodes: Tensor | None = None) -> dict[str, Tensor]:
         return self.encode(data, nodes=nodes)
 
-    def joint_term(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
-        """ICL on the joint embedding."""
-        joint = out["joint"]
-        return contrastive_loss(joint[pairs[:, 0]], joint[pairs[:, 1]], tau=self.config.tau, combine="log")
+    def joint_term(self, out: dict[str, Tensor], pairs: Tensor) -> tuple[Tensor, Tensor]:
+        """ICL on the joint embedding and the batch's IAL target, from one product
+        (:func:`~psqe.align.losses.icl_with_target`)."""
+        joint, cfg = out["joint"], self.config
+        return icl_with_target(joint[pairs[:, 0]], joint[pairs[:, 1]], tau=cfg.tau, tau2=cfg.tau2)
 
-    def modal_terms(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
-        """Uncertainty-weighted per-modality ICL plus the doubly zoomed, uncertainty-weighted IAL
-        (each modality's two terms from one product, :func:`~psqe.align.losses.icl_ial_losses`)."""
+    def modal_terms(self, out: dict[str, Tensor], pairs: Tensor, log_q: Tensor) -> Tensor:
+        """Uncertainty-weighted per-modality ICL plus the doubly zoomed, uncertainty-weighted IAL towards
+        ``log_q`` (:func:`~psqe.align.losses.ial_target`; each modality's two terms from one product,
+        :func:`~psqe.align.losses.icl_ial_losses`)."""
         cfg = self.config
         left, right = pairs[:, 0], pairs[:, 1]
-        log_q = ial_target(out["joint"][left], out["joint"][right], cfg.tau2)
         icl, ial = zip(*(icl_ial_losses(out[m][left], out[m][right], log_q, cfg.tau, cfg.tau2, cfg.zoom)
                          for m in self.modalities))
         return self.icl_weighting(list(icl)) + cfg.zoom * self.ial_weighting(list(ial))
 
     def loss(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
-        return self.joint_term(out, pairs) + self.modal_terms(out, pairs)
+        joint, log_q = self.joint_term(out, pairs)
+        return joint + self.modal_terms(out, pairs, log_q)
 
     def modality_weights(self) -> dict[str, float]:
         """Current softmax fusion weights, by modality."""

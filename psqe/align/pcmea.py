@@ -77,7 +77,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import AlignData
-from .losses import contrastive_loss
+from .losses import contrastive_loss, ial_target
 from .mclea import MCLEA, MCLEAConfig
 from .train import MutualNeighbours, TrainConfig
 
@@ -165,11 +165,15 @@ class PCMEA(MCLEA):
         """``pairs`` (rows of ``out``) as entity pair indices."""
         return out["rows"][pairs] if "rows" in out else pairs
 
-    def joint_term(self, out: dict[str, Tensor], pairs: Tensor) -> Tensor:
+    def joint_term(self, out: dict[str, Tensor], pairs: Tensor) -> tuple[Tensor, Tensor]:
+        """MCLEA's joint ICL and IAL target; with the momentum encoder on, the joint ICL's kg2 side is the
+        momentum encoder's embedding (so the IAL target takes a product of its own)."""
         if not self.momentum_active:
             return super().joint_term(out, pairs)
+        joint = out["joint"]
         target = self.momentum_joint[self._entities(out, pairs)[:, 1]]
-        return contrastive_loss(out["joint"][pairs[:, 0]], target, tau=self.config.ucl_tau, combine="log")
+        icl = contrastive_loss(joint[pairs[:, 0]], target, tau=self.config.ucl_tau, combine="log")
+        return icl, ial_target(joint[pairs[:, 0]], joint[pairs[:, 1]], self.config.tau2)
 
     def extra_train_pairs(self) -> Tensor:
         """The accepted pseudo-links, which :func:`~psqe.align.fit` batches with the training pairs."""
