@@ -7,6 +7,7 @@ elsewhere they show as skipped):
 - the graph attention's fused path on CUDA (``_AttentionAggregate``: CSR
   products and ``sampled_addmm``), forward and backward, against CPU (the
   compiled layer kernels there);
+- MCLEA's hand-written losses on CUDA (and under autocast) against CPU;
 - each aligner's forward pass on CUDA against CPU, and its batch rows
   (``rows_per_batch``) against its full pass on CUDA;
 - ``fit`` on CUDA with each aligner's own settings (MEAformer: float16
@@ -30,6 +31,7 @@ import psqe
 from psqe.align import (EVA, MCLEA, AlignData, MEAformer, build_aligner, embed, eva_train_config, evaluate, fit,
                         legacy_split)
 from psqe.align.encoders import StructureEncoder
+from psqe.align.losses import icl_ial_losses, icl_with_target
 from psqe.align.mclea import mclea_train_config
 from psqe.align.meaformer import meaformer_train_config
 from psqe.align.pcmea import PCMEA, pcmea_train_config
@@ -92,6 +94,26 @@ def test_forward_matches_cpu(small, name):
     for key, value in want.items():
         if value.is_floating_point():
             assert_near(got[key], value, f"{name} {key}")
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_fused_mclea_losses_match_cpu(amp):
+    """MCLEA's hand-written losses (``icl_with_target``, ``icl_ial_losses``) on CUDA against CPU: values, the
+    IAL target and the gradients; under float16 autocast they compute in float32 (``custom_fwd``)."""
+    g = torch.Generator().manual_seed(0)
+    x, y, z = (torch.randn(96, 24, generator=g) for _ in range(3))
+    inputs = (x, x + 0.5 * y, z)
+    runs = []
+    for device in ("cpu", DEVICE):
+        a, b, c = (t.to(device, copy=True).requires_grad_() for t in inputs)
+        with torch.autocast(device, dtype=torch.float16, enabled=amp and device == DEVICE):
+            joint, log_q = icl_with_target(a, b)
+            icl, ial = icl_ial_losses(c, b, log_q)
+        assert joint.dtype == icl.dtype == ial.dtype == log_q.dtype == torch.float32
+        (joint + 0.7 * icl + 50.0 * ial).backward()
+        runs.append((joint, icl, ial, log_q, a.grad, b.grad, c.grad))
+    for what, want, got in zip(("joint icl", "icl", "ial", "log_q", "grad a", "grad b", "grad c"), *runs):
+        assert_near(got, want, what)
 
 
 @pytest.mark.parametrize("name", ["mclea", "meaformer", "pcmea"])
