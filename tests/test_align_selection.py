@@ -39,6 +39,11 @@ def test_label_free_scores_match_brute_force(seed):
     assert scores["mnn"] == len(want) > 10
     assert scores["mnn_rate"] == pytest.approx(len(want) / (n1 - 4))
     assert scores["mnn_cos"] == pytest.approx(sum(c for *_, c in want) / len(want), abs=1e-5)
+    added = torch.tensor([[l, r] for l, r, _ in want[::3]] + [[1, n1 + 2], [want[1][0], want[0][1]]])
+    marked = label_free_scores(joint, n1, train, None, val, added=added)
+    mutual = {(l, r) for l, r, _ in want}
+    assert marked["mnn_added"] == sum((l, r) in mutual for l, r in added.tolist()) == len(want[::3])
+    assert {k: marked[k] for k in scores} == scores
 
 
 def test_label_free_scores_with_nothing_free():
@@ -104,7 +109,8 @@ def test_label_free_selection_picks_and_restores_the_most_mutual_epoch(pair_data
     best = counts.index(max(counts))
     assert res.best_epoch == res.val_history[best]["epoch"] and res.best_score == max(counts)
     joint = embed(model, data)["joint"]
-    assert label_free_scores(joint, data.n1, seeds) == {k: res.val_history[best][k] for k in ("mnn", "mnn_rate", "mnn_cos")}
+    keys = ("mnn", "mnn_rate", "mnn_cos", "mnn_added")  # mnn_added: the model's extra pairs among them
+    assert label_free_scores(joint, data.n1, seeds, added=extra) == {k: res.val_history[best][k] for k in keys}
     assert res.best_state is None  # restored
     kept = WithExtra(data, extra)
     res2 = fit(kept, data, seeds, TrainConfig(**{**cfg.__dict__, "restore_best": False}), progress=False)
@@ -127,4 +133,7 @@ def test_label_free_selection_counts_one_set_while_iterative_learning_merges(pai
     model = Tiny(data)
     res = fit(model, data, seeds, cfg, progress=False)
     assert res.il_added and res.train_pairs.shape[0] > seeds.shape[0]  # pairs were merged
-    assert res.val_history[-1]["mnn"] == label_free_scores(embed(model, data)["joint"], data.n1, seeds)["mnn"]
+    merged = res.train_pairs[seeds.shape[0]:]
+    last = label_free_scores(embed(model, data)["joint"], data.n1, seeds, added=merged)
+    assert res.val_history[-1]["mnn"] == last["mnn"]
+    assert res.val_history[-1]["mnn_added"] == last["mnn_added"] > 0  # merged pairs are among those counted

@@ -381,6 +381,11 @@ def test_label_free_clean_selection_shares_the_run(dataset, tmp_path):
     # the same run's last epoch is scored too, as a run kept to its end scores it
     assert mnn["clean"]["last_epoch"] == {k: final["clean"][k] for k in ("hits@1", "hits@10", "mrr")}
     assert "last_epoch" not in final["clean"] and "last_epoch" not in mnn["legacy"]
+    history = mnn["clean"]["selection_history"]  # every check's count; the pick is the first epoch of the most
+    assert [h["epoch"] for h in history] == list(range(0, 30, 1))  # 30 epochs // 20 checks: every epoch
+    counts = [h["mnn"] for h in history]
+    assert best == counts.index(max(counts)) and all(h["mnn_added"] == 0 for h in history)  # EVA adds no pairs
+    assert "selection_history" not in final["clean"]
     assert main([*base, "--epochs", str(best + 1), "--protocols", "clean", "--out", str(outs["stopped"])]) == 0
     stopped = json.loads(outs["stopped"].read_text())["clean"]
     keys = ("hits@1", "hits@10", "mrr", "r2l_hits@1", "queries", "candidates")

@@ -52,7 +52,7 @@ def mutual_nearest(joint: Tensor, left: Tensor, right: Tensor) -> tuple[Tensor, 
 
 
 @torch.no_grad()
-def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None) -> dict[str, float]:
+def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None, added: Tensor | None = None) -> dict[str, float]:
     """Mutual nearest neighbours among the entities in none of ``used`` (training, validation pairs).
 
     ``mnn``: how many; ``mnn_rate``: that over the free kg1 entities;
@@ -61,11 +61,25 @@ def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None) -> dict[str,
     is measured by ``bench/selection_study.py`` (bench/results/README.md,
     stops 19 and 20: ``mnn`` did, held-out seeds did not, ``mnn_cos`` ran against it
     on ja_en), so only ``mnn`` is a ``select_metric`` of :class:`psqe.align.TrainConfig`.
+
+    ``added``: ``[A, 2]`` pairs that training itself added (iterative learning,
+    PCMEA's pseudo-links; their entities stay free); with it, ``mnn_added``
+    counts the mutual neighbours that are such pairs, a diagnostic of how
+    much of ``mnn`` a model's own pairs make.
+
+    >>> joint = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    >>> label_free_scores(joint, 2, added=torch.tensor([[1, 3], [0, 3]]))["mnn_added"]  # 1-3 is; 0-3 is no mnn pair
+    1
     """
     left, right = free_entities(joint.shape[0], n1, *used, device=joint.device)
-    _, _, cos = mutual_nearest(joint, left, right)
+    l, r, cos = mutual_nearest(joint, left, right)
     count = int(cos.numel())
-    return {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0}
+    out = {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0}
+    if added is not None:
+        width = joint.shape[0]
+        added = added.to(joint.device).long()
+        out["mnn_added"] = int(torch.isin(l * width + r, added[:, 0] * width + added[:, 1]).sum())
+    return out
 
 
 __all__ = ["LABEL_FREE_KEYS", "free_entities", "label_free_scores", "mutual_nearest"]

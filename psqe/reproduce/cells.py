@@ -242,7 +242,10 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
     ``added_pairs`` (:func:`added_pairs`) when training added pairs, and for
     clean ``selection`` and ``test_digest``; a clean entry that loaded a selected
     epoch from a run kept to its end (``"mnn"``) also holds ``last_epoch``: H@1,
-    H@10 and MRR of that run's last epoch on the same test.
+    H@10 and MRR of that run's last epoch on the same test, and
+    ``selection_history``: the label-free count at each check (``epoch``,
+    ``mnn``, and ``mnn_added``, how many of those pairs training added
+    itself: :func:`psqe.align.selection.label_free_scores`).
     """
     from ..align import build_aligner, embed, evaluate, fit, legacy_split, pairs_digest
 
@@ -294,6 +297,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
                 entry.update(selection=config.clean_selection, test_digest=pairs_digest(splits[protocol].test))
             if last is not None:
                 entry["last_epoch"] = {k: round(float(last[k]), 4) for k in ("hits@1", "hits@10", "mrr")}
+            if selected and train_config.select_metric == "mnn":
+                entry["selection_history"] = [{k: h[k] for k in ("epoch", "mnn", "mnn_added")} for h in result.val_history]
             if protocol != group[0]:
                 entry["shared_run"] = group[0]  # the same trained model as that protocol's
             if added is not None:
