@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from psqe.align import AlignData, fit
-from psqe.align.losses import contrastive_loss, ial_loss
+from psqe.align.losses import contrastive_loss, ial_loss, ial_target
 from psqe.align.mclea import MCLEA, MCLEAConfig, mclea_train_config
 from psqe.data.synthetic import make_pair
 
@@ -75,7 +75,9 @@ def test_loss_is_the_authors_sum_of_terms(align_setup):
     """MCLEA's loss (joint ICL and IAL target from one product, each modality's ICL and IAL from another)
     against the formula of the module docstring written with the separate terms: value and gradients."""
     data, split = align_setup
-    config = MCLEAConfig(graph_dim=12, visual_dim=5, attribute_dim=6, relation_dim=7)
+    # tau2 = 0.05 and zoom = 1, not MCLEA's 4 and 0.1: with those the untrained model's IAL terms are ~1e-6
+    # of the loss, below what the sum can show
+    config = MCLEAConfig(graph_dim=12, visual_dim=5, attribute_dim=6, relation_dim=7, tau2=0.05, zoom=1.0)
     model = MCLEA(data, config, seed=0)
     with torch.no_grad():  # unequal uncertainty weights, so a term weighted wrongly shows
         model.icl_weighting.log_vars.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
@@ -93,8 +95,12 @@ def test_loss_is_the_authors_sum_of_terms(align_setup):
             loss = (contrastive_loss(joint[left], joint[right], tau=0.1)
                     + model.icl_weighting([contrastive_loss(out[m][left], out[m][right], tau=0.1)
                                            for m in model.modalities])
-                    + 0.1 * model.ial_weighting([ial_loss(out[m][left], out[m][right], joint[left], joint[right],
-                                                          tau=4.0, zoom=0.1) for m in model.modalities]))
+                    + model.ial_weighting([ial_loss(out[m][left], out[m][right], joint[left], joint[right],
+                                                    tau=0.05, zoom=1.0) for m in model.modalities]))
+            ial = sum(float(ial_loss(out[m][left], out[m][right], joint[left], joint[right], tau=0.05, zoom=1.0))
+                      for m in model.modalities)
+            assert ial > 1e-3 * float(loss)  # the IAL part: 100 times the tolerance on the sum below
+            torch.testing.assert_close(model.joint_term(out, pairs)[1], ial_target(joint[left], joint[right], 0.05))
         loss.backward()
         grads.append((loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
     (loss_f, grad_f), (loss_r, grad_r) = grads

@@ -65,7 +65,9 @@ def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None, added: Tenso
     ``added``: ``[A, 2]`` pairs that training itself added (iterative learning,
     PCMEA's pseudo-links; their entities stay free); with it, ``mnn_added``
     counts the mutual neighbours that are such pairs, a diagnostic of how
-    much of ``mnn`` a model's own pairs make.
+    much of ``mnn`` a model's own pairs make. Pairs added at the check's own
+    epoch were chosen as mutual neighbours of (nearly) the same embedding,
+    so they count almost by construction.
 
     >>> joint = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
     >>> label_free_scores(joint, 2, added=torch.tensor([[1, 3], [0, 3]]))["mnn_added"]  # 1-3 is; 0-3 is no mnn pair

@@ -268,7 +268,7 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
                 log.info("iterative learning, epoch %d: %d pairs added, %d in all", epoch + 1, new.shape[0], train.shape[0])
         due = cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         if due and (selecting or monitor is not None):
-            metrics = _evaluate(model, data, cfg, val, seeds, _added(train, seeds, extra))
+            metrics = _evaluate(model, data, cfg, val, seeds, lambda: _added(train, seeds, extra))
             result.val_history.append({"epoch": epoch, **metrics, **(monitor(epoch, model, data) if monitor else {})})
             if not selecting:
                 continue
@@ -353,10 +353,10 @@ def _added(train: Tensor, seeds: Tensor, extra) -> Tensor:
 
 
 def _evaluate(model: nn.Module, data: AlignData, cfg: TrainConfig, val: Tensor | None, seeds: Tensor,
-              added: Tensor) -> dict[str, float]:
+              added: Callable[[], Tensor]) -> dict[str, float]:
     """The selection numbers of one evaluation: ranks of ``val`` and, for a label-free ``select_metric``,
     :func:`label_free_scores` over the entities in no ``seeds`` (the given training pairs) or ``val`` pair
-    (with ``mnn_added``: how many of its pairs are among ``added``)."""
+    (with ``mnn_added``: how many of its pairs are among ``added()``)."""
     joint = embed(model, data)["joint"]
     out = {}
     if val is not None:
@@ -365,7 +365,7 @@ def _evaluate(model: nn.Module, data: AlignData, cfg: TrainConfig, val: Tensor |
         else:
             out.update(rank_metrics(joint[val[:, 0]], joint[data.n1:], cfg.val_csls_k, truth=val[:, 1] - data.n1))
     if cfg.select_metric in LABEL_FREE:
-        out.update(label_free_scores(joint, data.n1, seeds, val, added=added))
+        out.update(label_free_scores(joint, data.n1, seeds, val, added=added()))
     return out
 
 
