@@ -311,5 +311,5 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
 
 
-__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses", "icl_with_target",
-           "icl_loss", "nca_loss"]
+__all__ = ["NCALoss", "UncertaintyWeighting", "contrastive_loss", "ial_loss", "ial_target", "icl_ial_losses",
+           "icl_loss", "icl_with_target", "nca_loss"]

@@ -298,7 +298,8 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
             if last is not None:
                 entry["last_epoch"] = {k: round(float(last[k]), 4) for k in ("hits@1", "hits@10", "mrr")}
             if selected and train_config.select_metric == "mnn":
-                entry["selection_history"] = [{k: h[k] for k in ("epoch", "mnn", "mnn_added")} for h in result.val_history]
+                entry["selection_history"] = [{k: h[k] for k in ("epoch", "mnn", "mnn_added")}
+                                              for h in result.val_history]
             if protocol != group[0]:
                 entry["shared_run"] = group[0]  # the same trained model as that protocol's
             if added is not None:
