@@ -13,7 +13,10 @@ records (``TrainResult.val_history``):
   (``test_hits@1``: the oracle, never a criterion) and, against the gold
   links, how many of the ``mnn`` pairs are right (``mnn_correct``,
   ``mnn_precision``: why ``mnn`` picks well or badly, never a criterion),
-  all from one mutual-nearest pass per check.
+  all from one mutual-nearest pass per check. For a model that adds pairs
+  itself (PCMEA's pseudo-links, which the count's free entities include), also
+  the criteria ``mnn_own`` and ``mnn_rest_rate`` that leave those pairs out
+  (``mnn_scores``), tabled with the others, and a table of every check.
 
 Writes ``OUT/<model>-<method>.json`` (the history) after each run and
 ``OUT/selection.md``: per seed set, the test H@1 at the epoch each criterion
@@ -54,6 +57,8 @@ from psqe.seeds.io import read_seeds
 log = logging.getLogger("selection_study")
 METHODS = ("uvp", "multimodal", "psqe")
 CRITERIA = ("val_mrr", "val_hits@1", "mnn", "mnn_cos")
+#: Criteria of models that add pairs themselves (``mnn_scores(..., added=)``); tabled when every history has them.
+ADDED_CRITERIA = ("mnn_own", "mnn_rest_rate")
 TARGET = "test_hits@1"
 TOLERANCES = (0.005, 0.01, 0.02)
 
@@ -115,31 +120,58 @@ def rank_correlation(a: list[float], b: list[float]) -> float:
     return float((ra * rb).sum()) / den if den else float("nan")
 
 
-def mnn_scores(joint, data, *used) -> dict:
+def mnn_scores(joint, data, *used, added=None) -> dict:
     """:func:`psqe.align.selection.label_free_scores` (``mnn``, ``mnn_rate``, ``mnn_cos``) and how many of
     those mutual nearest neighbours are gold links (``mnn_correct``, ``mnn_precision``), from one pass.
 
-    A pair whose kg1 entity has no gold partner counts as wrong.
+    A pair whose kg1 entity has no gold partner counts as wrong. ``added``: the
+    ``[A, 2]`` pairs training itself added so far (PCMEA's pseudo-links), whose
+    entities the count keeps free. With it, three more numbers:
+
+    - ``mnn_added`` (as ``label_free_scores`` gives it) and ``mnn_own`` =
+      ``mnn - mnn_added``: the mutual neighbours that are *not* the model's
+      own pairs (a candidate criterion: ``mnn`` rises with every pseudo-link);
+    - ``mnn_rest``, ``mnn_rest_rate``: a second pass over the entities in no
+      ``used`` pair *and* no added pair (a candidate criterion: its rate is
+      over a pool that shrinks as pairs are added);
+    - ``added_precision``: the added pairs that are gold links (an oracle
+      diagnostic, never a criterion).
     """
     left, right = free_entities(joint.shape[0], data.n1, *used, device=joint.device)
     l, r, cos = mutual_nearest(joint, left, right)
     partner = torch.full((joint.shape[0],), -1, dtype=torch.long, device=joint.device)
     partner[data.links[:, 0].to(joint.device)] = data.links[:, 1].to(joint.device)
     count, correct = int(l.numel()), int((partner[l] == r).sum())
-    return {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0,
-            "mnn_correct": correct, "mnn_precision": correct / max(count, 1)}
+    out = {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0,
+           "mnn_correct": correct, "mnn_precision": correct / max(count, 1)}
+    if added is None:
+        return out
+    added = added.to(joint.device).long()
+    width = joint.shape[0]
+    out["mnn_added"] = int(torch.isin(l * width + r, added[:, 0] * width + added[:, 1]).sum())
+    out["mnn_own"] = count - out["mnn_added"]
+    rest_l, rest_r = free_entities(width, data.n1, *used, added, device=joint.device)
+    out["mnn_rest"] = int(mutual_nearest(joint, rest_l, rest_r)[0].numel())
+    out["mnn_rest_rate"] = out["mnn_rest"] / max(rest_l.numel(), 1)
+    out["added"] = int(added.shape[0])
+    out["added_precision"] = int((partner[added[:, 0]] == added[:, 1]).sum()) / max(added.shape[0], 1)
+    return out
 
 
-def run_one(model_name, data, split, epochs, every, seed) -> list[dict]:
-    """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs."""
-    model, config = build_aligner(model_name, data, seed=seed, epochs=epochs)
+def run_one(model_name, data, split, epochs, every, seed, **model_config) -> list[dict]:
+    """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs.
+
+    ``model_config``: fields of the model's config, as :func:`psqe.align.build_aligner` takes them."""
+    model, config = build_aligner(model_name, data, seed=seed, epochs=epochs, **model_config)
     # fit records the held-out seeds' ranks; nothing is restored, so the run is the plain run
     config = dataclasses.replace(config, eval_every=every, restore_best=False, seed=seed)
 
     def monitor(epoch, m, d):
         out = embed(m, d)
         test = evaluate(out, split, d)
-        return {TARGET: test["hits@1"], "test_mrr": test["mrr"], **mnn_scores(out["joint"], d, split.train, split.val)}
+        added = m.extra_train_pairs() if hasattr(m, "extra_train_pairs") else None  # PCMEA's pseudo-links
+        return {TARGET: test["hits@1"], "test_mrr": test["mrr"],
+                **mnn_scores(out["joint"], d, split.train, split.val, added=added)}
 
     torch.manual_seed(seed)
     result = fit(model, data, split.train, config, val_pairs=split.val, monitor=monitor)
@@ -150,18 +182,19 @@ def run_one(model_name, data, split, epochs, every, seed) -> list[dict]:
 
 def table(histories: dict[str, list[dict]]) -> str:
     """The Markdown summary of ``histories`` ({method: history})."""
-    cols = (*CRITERIA, "final", "oracle")
+    criteria = CRITERIA + tuple(c for c in ADDED_CRITERIA if all(c in h[0] for h in histories.values()))
+    cols = (*criteria, "final", "oracle")
     lines = ["| seeds | " + " | ".join(f"{c} pick" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, hist in histories.items():
-        chosen = picks(hist, CRITERIA, TARGET)
+        chosen = picks(hist, criteria, TARGET)
         lines.append(f"| {method} | " + " | ".join(f"{chosen[c][TARGET]:.4f} (ep {chosen[c]['epoch'] + 1})"
                                                   for c in cols) + " |")
     lines += ["", "Rank correlation with test H@1 over the run (Spearman):", "",
-              "| seeds | " + " | ".join(CRITERIA) + " |", "|---" * (len(CRITERIA) + 1) + "|"]
+              "| seeds | " + " | ".join(criteria) + " |", "|---" * (len(criteria) + 1) + "|"]
     for method, hist in histories.items():
         target = [r[TARGET] for r in hist]
         lines.append(f"| {method} | " + " | ".join(f"{rank_correlation([r[c] for r in hist], target):+.2f}"
-                                                  for c in CRITERIA) + " |")
+                                                  for c in criteria) + " |")
     lines += ["", "The earliest check whose `mnn` is within a tolerance of the run's highest (test H@1 there):", "",
               "| seeds | " + " | ".join(f"within {t:.1%}" for t in TOLERANCES) + " |", "|---" * (len(TOLERANCES) + 1) + "|"]
     for method, hist in histories.items():
@@ -178,6 +211,15 @@ def table(histories: dict[str, list[dict]]) -> str:
                         ("best", row_at[chosen["oracle"]["epoch"]]), ("last", hist[-1])):
             lines.append(f"| {method} | {at} | {row['epoch'] + 1} | {row[TARGET]:.4f} | {row['mnn']} | "
                          f"{row['mnn_correct']} | {row['mnn_precision']:.3f} |")
+    for method, hist in histories.items():
+        if "added" not in hist[0]:
+            continue
+        lines += ["", f"`{method}`: every check, with the pairs the model added (their precision: an oracle "
+                  "diagnostic):", "", "| epoch | test H@1 | mnn | mnn_added | mnn_own | mnn_rest | mnn_rest_rate "
+                  "| added | added precision |", "|---" * 9 + "|"]
+        lines += [f"| {r['epoch'] + 1} | {r[TARGET]:.4f} | {r['mnn']} | {r['mnn_added']} | {r['mnn_own']} | "
+                  f"{r['mnn_rest']} | {r['mnn_rest_rate']:.4f} | {r['added']} | {r['added_precision']:.3f} |"
+                  for r in hist]
     return "\n".join(lines) + "\n"
 
 
