@@ -136,7 +136,8 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
     p.add_argument("--clean-selection", choices=["final", "val", "mnn"], default="final",
                    help="clean protocol: keep the last epoch (default), the best on 10%% of the seeds held out, or "
-                        "(mnn, label-free) the one with the most mutual nearest neighbours among entities no seed uses")
+                        "(mnn, label-free) the one with the most mutual nearest neighbours among entities no seed uses "
+                        "(PCMEA's pseudo-links count too: it keeps about its last epoch)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of the aligners' training alone (default: --seed); another one over the same seeds "

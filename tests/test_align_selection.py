@@ -2,6 +2,8 @@
 brute force and the run without a monitor."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,6 +124,24 @@ def test_label_free_selection_picks_and_restores_the_most_mutual_epoch(pair_data
         TrainConfig(select_metric="mnn_rate")
     with pytest.raises(ValueError, match="select_metric"):  # reported, but it ran against test accuracy
         TrainConfig(select_metric="mnn_cos")
+
+
+def test_label_free_selection_warns_when_training_adds_pairs(pair_data, caplog):
+    """The count includes the pairs a run adds (stop 26: PCMEA's pick is then its last check): fit says so."""
+    data, seeds = pair_data, pair_data.links[:60]
+    cfg = TrainConfig(epochs=2, lr=3e-2, batch_size=512, eval_every=2, select_metric="mnn")
+    with caplog.at_level(logging.WARNING, logger="psqe.align.train"):
+        fit(Tiny(data), data, seeds, cfg, progress=False)
+        assert "adds itself" not in caplog.text
+        fit(WithExtra(data, data.links[200:210]), data, seeds, cfg, progress=False)
+        assert "counts the pairs this run adds itself (the model's extra_train_pairs)" in caplog.text
+        caplog.clear()
+        fit(Tiny(data), data, seeds, TrainConfig(**{**cfg.__dict__, "il": True}), progress=False)
+        assert "iterative learning's merges" in caplog.text
+        caplog.clear()
+        fit(WithExtra(data, data.links[200:210]), data, seeds, TrainConfig(epochs=2, eval_every=2), val_pairs=seeds[:5],
+            progress=False)
+        assert "adds itself" not in caplog.text  # ranked on held-out pairs: nothing to say
 
 
 def test_label_free_selection_counts_one_set_while_iterative_learning_merges(pair_data):

@@ -39,7 +39,10 @@ without labels, ``select_metric="mnn"`` counts the
 mutual nearest neighbours among the entities that no ``train_pairs`` or
 ``val_pairs`` use (:func:`psqe.align.selection.label_free_scores`): one
 set for the whole run, so pairs that iterative learning or the model
-(``extra_train_pairs``) add later stay in it. The best state is
+(``extra_train_pairs``) add later stay in it, and the count rises with
+them (``fit`` warns): for PCMEA it picks about the check with the most
+pseudo-links, the last one, which came 0.013-0.034 H@1 below the best
+check in bench/results/README.md's stop 26. The best state is
 restored (``restore_best``; else it is left in ``TrainResult.best_state``);
 ``patience`` evaluations without a gain stop training.
 """
@@ -242,6 +245,11 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     bar = tqdm(range(cfg.epochs), desc=f"training {type(model).__name__}", disable=not show, leave=False)
     model.train()
     extra = getattr(model, "extra_train_pairs", None)
+    if cfg.select_metric in LABEL_FREE and (extra is not None or cfg.il):
+        log.warning("fit: select_metric=%r counts the pairs this run adds itself (%s) and rises with them; "
+                    "on PCMEA it picked the last check, 0.013-0.034 H@1 below the best one "
+                    "(bench/results/README.md, stop 26)", cfg.select_metric,
+                    "the model's extra_train_pairs" if extra is not None else "iterative learning's merges")
     for epoch in bar:
         pool = train if extra is None else torch.cat([train, extra().to(dev)])
         batches = pool[torch.randperm(pool.shape[0], generator=generator).to(dev)].split(cfg.batch_size)
