@@ -75,6 +75,23 @@ def test_pseudo_links_precise_and_disjoint_from_seeds(align_setup, trained):
     assert both["count"] == links.shape[0] + 3 and both["gold"] == correct + 2
 
 
+def test_validation_pairs_are_never_pseudo_linked(align_setup):
+    """fit hands its clean validation pairs to PCMEA.exclude, as iterative learning blocks them: held-out
+    seeds that became pseudo-links would be trained on and then validated on."""
+    data, split = align_setup
+    val = split.test[:40]
+    model = PCMEA(data, CONFIG, seed=0)
+    fit(model, data, split.train, pcmea_train_config(epochs=EPOCHS, log_every=0, eval_every=10), val_pairs=val,
+        progress=False)
+    assert bool(model.blocked[val.flatten()].all()) and int(model.blocked.sum()) == val.numel()
+    links = model.pseudo_links
+    assert links.shape[0] >= 50 and not bool(torch.isin(links.flatten(), val.flatten()).any())
+    legacy = PCMEA(data, CONFIG, seed=0)  # legacy-style validation (candidates: the pairs) blocks nothing
+    fit(legacy, data, split.train, pcmea_train_config(epochs=2, eval_every=1, val_candidates="pairs"), val_pairs=val,
+        progress=False)
+    assert not bool(legacy.blocked.any())
+
+
 def test_calibration_accepts_only_repeated_proposals(align_setup):
     data, _ = align_setup
     model = PCMEA(data, PCMEAConfig(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4))

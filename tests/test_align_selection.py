@@ -139,9 +139,14 @@ def test_label_free_selection_warns_when_training_adds_pairs(pair_data, caplog):
         fit(Tiny(data), data, seeds, TrainConfig(**{**cfg.__dict__, "il": True}), progress=False)
         assert "iterative learning's merges" in caplog.text
         caplog.clear()
-        fit(WithExtra(data, data.links[200:210]), data, seeds, TrainConfig(epochs=2, eval_every=2), val_pairs=seeds[:5],
-            progress=False)
+        fit(Tiny(data), data, seeds, TrainConfig(**{**cfg.__dict__, "il": True, "select_metric": "mrr"}),
+            val_pairs=data.links[60:65], progress=False)
         assert "adds itself" not in caplog.text  # ranked on held-out pairs: nothing to say
+        fit(WithExtra(data, data.links[200:210]), data, seeds, TrainConfig(**{**cfg.__dict__, "eval_every": 0}),
+            progress=False)
+        assert "adds itself" not in caplog.text  # no checks, nothing selected
+        fit(WithExtra(data, data.links[200:210]), data, seeds, cfg, val_pairs=data.links[60:65], progress=False)
+        assert "extra_train_pairs" in caplog.text  # the count ignores val_pairs' ranks: it still warns
 
 
 def test_label_free_selection_counts_one_set_while_iterative_learning_merges(pair_data):

@@ -41,8 +41,11 @@ mutual nearest neighbours among the entities that no ``train_pairs`` or
 set for the whole run, so pairs that iterative learning or the model
 (``extra_train_pairs``) add later stay in it, and the count rises with
 them (``fit`` warns): for PCMEA it picks about the check with the most
-pseudo-links, the last one, which came 0.013-0.034 H@1 below the best
-check in bench/results/README.md's stop 26. The best state is
+pseudo-links, the last one, which came 0.012-0.034 H@1 below the best
+check in bench/results/README.md's stop 26. Validation entities
+(``val_candidates="all"``) are never proposed by iterative learning, nor by
+a model's own pseudo-labels: a model with an ``exclude`` method (PCMEA) is
+given them. The best state is
 restored (``restore_best``; else it is left in ``TrainResult.best_state``);
 ``patience`` evaluations without a gain stop training.
 """
@@ -238,6 +241,8 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     generator = torch.Generator().manual_seed(cfg.seed)
     blocked = val if cfg.val_candidates == "all" else None
     tracker = MutualNeighbours(data, cfg.il_persist, blocked) if cfg.il else None
+    if blocked is not None and hasattr(model, "exclude"):  # the model's own pseudo-labels skip them too (PCMEA)
+        model.exclude(blocked)
     result, best_state, stale, seeds = TrainResult(), None, 0, train
     selecting = val is not None or cfg.select_metric in LABEL_FREE
     show = sys.stderr.isatty() if progress is None else progress
@@ -245,9 +250,9 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     bar = tqdm(range(cfg.epochs), desc=f"training {type(model).__name__}", disable=not show, leave=False)
     model.train()
     extra = getattr(model, "extra_train_pairs", None)
-    if cfg.select_metric in LABEL_FREE and (extra is not None or cfg.il):
+    if cfg.select_metric in LABEL_FREE and cfg.eval_every and (extra is not None or cfg.il):
         log.warning("fit: select_metric=%r counts the pairs this run adds itself (%s) and rises with them; "
-                    "on PCMEA it picked the last check, 0.013-0.034 H@1 below the best one "
+                    "on PCMEA it picked the last check, 0.012-0.034 H@1 below the best one "
                     "(bench/results/README.md, stop 26)", cfg.select_metric,
                     "the model's extra_train_pairs" if extra is not None else "iterative learning's merges")
     for epoch in bar:
