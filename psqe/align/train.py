@@ -41,7 +41,7 @@ mutual nearest neighbours among the entities that no ``train_pairs`` or
 set for the whole run, so pairs that iterative learning or the model
 (``extra_train_pairs``) add later stay in it, and the count rises with
 them (``fit`` warns): for PCMEA it picks about the check with the most
-pseudo-links, the last one, which came 0.012-0.034 H@1 below the best
+pseudo-links, the last one, which came 0.009-0.034 H@1 below the best
 check in bench/results/README.md's stop 26. Validation entities
 (``val_candidates="all"``) are never proposed by iterative learning, nor by
 a model's own pseudo-labels: a model with an ``exclude`` method (PCMEA) is
@@ -252,7 +252,7 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     extra = getattr(model, "extra_train_pairs", None)
     if cfg.select_metric in LABEL_FREE and cfg.eval_every and (extra is not None or cfg.il):
         log.warning("fit: select_metric=%r counts the pairs this run adds itself (%s) and rises with them; "
-                    "on PCMEA it picked the last check, 0.012-0.034 H@1 below the best one "
+                    "on PCMEA it picked the last check, 0.009-0.034 H@1 below the best one "
                     "(bench/results/README.md, stop 26)", cfg.select_metric,
                     "the model's extra_train_pairs" if extra is not None else "iterative learning's merges")
     for epoch in bar:
