@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from psqe.align import AlignData, build_aligner, embed, evaluate, fit
-from psqe.align.selection import free_entities, mutual_nearest
+from psqe.align.selection import count_among, free_entities, mutual_nearest
 from psqe.data import load_dataset
 from psqe.features import load_feature_set
 from psqe.features._util import atomic_write
@@ -148,7 +148,7 @@ def mnn_scores(joint, data, *used, added=None) -> dict:
         return out
     added = added.to(joint.device).long()
     width = joint.shape[0]
-    out["mnn_added"] = int(torch.isin(l * width + r, added[:, 0] * width + added[:, 1]).sum())
+    out["mnn_added"] = count_among(l, r, added, width)
     out["mnn_own"] = count - out["mnn_added"]
     rest_l, rest_r = free_entities(width, data.n1, *used, added, device=joint.device)
     out["mnn_rest"] = int(mutual_nearest(joint, rest_l, rest_r)[0].numel())

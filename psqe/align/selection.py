@@ -78,10 +78,18 @@ def label_free_scores(joint: Tensor, n1: int, *used: Tensor | None, added: Tenso
     count = int(cos.numel())
     out = {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0}
     if added is not None:
-        width = joint.shape[0]
-        added = added.to(joint.device).long()
-        out["mnn_added"] = int(torch.isin(l * width + r, added[:, 0] * width + added[:, 1]).sum())
+        out["mnn_added"] = count_among(l, r, added, joint.shape[0])
     return out
 
 
-__all__ = ["LABEL_FREE_KEYS", "free_entities", "label_free_scores", "mutual_nearest"]
+def count_among(left: Tensor, right: Tensor, pairs: Tensor, width: int) -> int:
+    """How many of the pairs ``(left[i], right[i])`` are rows of ``pairs`` (``[A, 2]``; ids below ``width``).
+
+    >>> count_among(torch.tensor([0, 1]), torch.tensor([3, 2]), torch.tensor([[1, 2], [0, 2]]), 4)
+    1
+    """
+    pairs = pairs.to(left.device).long()
+    return int(torch.isin(left * width + right, pairs[:, 0] * width + pairs[:, 1]).sum())
+
+
+__all__ = ["LABEL_FREE_KEYS", "count_among", "free_entities", "label_free_scores", "mutual_nearest"]
