@@ -17,6 +17,11 @@ records (``TrainResult.val_history``):
   itself (PCMEA's pseudo-links, which the count's free entities include), also
   the criteria ``mnn_own`` and ``mnn_rest_rate`` that leave those pairs out
   (``mnn_scores``), tabled with the others, and a table of every check.
+- with ``--holdout F`` (a model with ``exclude``: PCMEA): a random fraction
+  ``F`` of the free kg1 entities is kept out of the model's own pairs, and
+  ``mnn_holdout`` counts the ``mnn`` pairs whose kg1 entity is one of them
+  (a fixed pool that no pseudo-link can take, unlike ``mnn_own``'s; see
+  ``holdout_entities``), with ``mnn_holdout_correct`` against the gold links.
 
 Writes ``OUT/<model>-<method>.json`` (the history) after each run and
 ``OUT/selection.md``: per seed set, the test H@1 at the epoch each criterion
@@ -45,6 +50,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from psqe.align import AlignData, build_aligner, embed, evaluate, fit
 from psqe.align.selection import count_among, free_entities, mutual_nearest
@@ -59,6 +65,8 @@ METHODS = ("uvp", "multimodal", "psqe")
 CRITERIA = ("val_mrr", "val_hits@1", "mnn", "mnn_cos")
 #: Criteria of models that add pairs themselves (``mnn_scores(..., added=)``); tabled when every history has them.
 ADDED_CRITERIA = ("mnn_own", "mnn_rest_rate")
+#: The criterion of ``--holdout`` runs; tabled when every history has it.
+HOLDOUT_CRITERIA = ("mnn_holdout",)
 TARGET = "test_hits@1"
 TOLERANCES = (0.005, 0.01, 0.02)
 
@@ -120,7 +128,25 @@ def rank_correlation(a: list[float], b: list[float]) -> float:
     return float((ra * rb).sum()) / den if den else float("nan")
 
 
-def mnn_scores(joint, data, *used, added=None) -> dict:
+def holdout_entities(data, fraction: float, seed: int, *used) -> Tensor:
+    """A random ``fraction`` (rounded down) of the kg1 entities in none of ``used`` (pair-index tables), sorted.
+
+    The same ``seed`` gives the same entities.
+
+    >>> from psqe.data.synthetic import make_pair
+    >>> data = AlignData.from_pair(make_pair(50, seed=0))
+    >>> h = holdout_entities(data, 0.2, 0, data.links[:10])
+    >>> h.numel() == int(0.2 * (data.n1 - 10)), bool((h < data.n1).all()), bool(torch.isin(h, data.links[:10]).any())
+    (True, True, False)
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout_entities: fraction must be in (0, 1), got {fraction}")
+    left, _ = free_entities(data.num_entities, data.n1, *used)
+    g = torch.Generator().manual_seed(seed)
+    return left[torch.randperm(left.numel(), generator=g)[: int(fraction * left.numel())]].sort().values
+
+
+def mnn_scores(joint, data, *used, added=None, holdout=None) -> dict:
     """:func:`psqe.align.selection.label_free_scores` (``mnn``, ``mnn_rate``, ``mnn_cos``) and how many of
     those mutual nearest neighbours are gold links (``mnn_correct``, ``mnn_precision``), from one pass.
 
@@ -136,6 +162,11 @@ def mnn_scores(joint, data, *used, added=None) -> dict:
       over a pool that shrinks as pairs are added);
     - ``added_precision``: the added pairs that are gold links (an oracle
       diagnostic, never a criterion).
+
+    ``holdout``: kg1 pair indices the model never pairs itself
+    (:func:`holdout_entities`); with it, ``mnn_holdout`` counts the mutual
+    neighbours whose kg1 entity is one of them (a candidate criterion) and
+    ``mnn_holdout_correct`` those that are gold links (an oracle diagnostic).
     """
     left, right = free_entities(joint.shape[0], data.n1, *used, device=joint.device)
     l, r, cos = mutual_nearest(joint, left, right)
@@ -144,6 +175,10 @@ def mnn_scores(joint, data, *used, added=None) -> dict:
     count, correct = int(l.numel()), int((partner[l] == r).sum())
     out = {"mnn": count, "mnn_rate": count / max(left.numel(), 1), "mnn_cos": float(cos.mean()) if count else 0.0,
            "mnn_correct": correct, "mnn_precision": correct / max(count, 1)}
+    if holdout is not None:
+        held = torch.isin(l, holdout.to(joint.device))
+        out["mnn_holdout"] = int(held.sum())
+        out["mnn_holdout_correct"] = int((partner[l[held]] == r[held]).sum())
     if added is None:
         return out
     added = added.to(joint.device).long()
@@ -158,11 +193,17 @@ def mnn_scores(joint, data, *used, added=None) -> dict:
     return out
 
 
-def run_one(model_name, data, split, epochs, every, seed, **model_config) -> list[dict]:
+def run_one(model_name, data, split, epochs, every, seed, holdout=None, **model_config) -> list[dict]:
     """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs.
 
+    ``holdout``: kg1 pair indices handed to the model's ``exclude`` before
+    training (so it never pairs them) and scored as ``mnn_holdout``.
     ``model_config``: fields of the model's config, as :func:`psqe.align.build_aligner` takes them."""
     model, config = build_aligner(model_name, data, seed=seed, epochs=epochs, **model_config)
+    if holdout is not None:
+        if not hasattr(model, "exclude"):
+            raise ValueError(f"--holdout: {model_name} adds no pairs of its own (it has no exclude)")
+        model.exclude(holdout)
     # fit records the held-out seeds' ranks; nothing is restored, so the run is the plain run
     config = dataclasses.replace(config, eval_every=every, restore_best=False, seed=seed)
 
@@ -171,7 +212,7 @@ def run_one(model_name, data, split, epochs, every, seed, **model_config) -> lis
         test = evaluate(out, split, d)
         added = m.extra_train_pairs() if hasattr(m, "extra_train_pairs") else None  # PCMEA's pseudo-links
         return {TARGET: test["hits@1"], "test_mrr": test["mrr"],
-                **mnn_scores(out["joint"], d, split.train, split.val, added=added)}
+                **mnn_scores(out["joint"], d, split.train, split.val, added=added, holdout=holdout)}
 
     torch.manual_seed(seed)
     result = fit(model, data, split.train, config, val_pairs=split.val, monitor=monitor)
@@ -182,7 +223,8 @@ def run_one(model_name, data, split, epochs, every, seed, **model_config) -> lis
 
 def table(histories: dict[str, list[dict]]) -> str:
     """The Markdown summary of ``histories`` ({method: history})."""
-    criteria = CRITERIA + tuple(c for c in ADDED_CRITERIA if all(c in h[0] for h in histories.values()))
+    criteria = CRITERIA + tuple(c for c in ADDED_CRITERIA + HOLDOUT_CRITERIA
+                                if all(c in h[0] for h in histories.values()))
     cols = (*criteria, "final", "oracle")
     lines = ["| seeds | " + " | ".join(f"{c} pick" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, hist in histories.items():
@@ -214,11 +256,15 @@ def table(histories: dict[str, list[dict]]) -> str:
     for method, hist in histories.items():
         if "added" not in hist[0]:
             continue
+        held = "mnn_holdout" in hist[0]
         lines += ["", f"`{method}`: every check, with the pairs the model added (their precision: an oracle "
-                  "diagnostic):", "", "| epoch | test H@1 | mnn | mnn_added | mnn_own | mnn_rest | mnn_rest_rate "
-                  "| added | added precision |", "|---" * 9 + "|"]
+                  "diagnostic; none before the first):", "", "| epoch | test H@1 | mnn | mnn_added | mnn_own | "
+                  "mnn_rest | mnn_rest_rate | added | added precision |"
+                  + (" mnn_holdout | its right ones |" if held else ""), "|---" * (11 if held else 9) + "|"]
         lines += [f"| {r['epoch'] + 1} | {r[TARGET]:.4f} | {r['mnn']} | {r['mnn_added']} | {r['mnn_own']} | "
-                  f"{r['mnn_rest']} | {r['mnn_rest_rate']:.4f} | {r['added']} | {r['added_precision']:.3f} |"
+                  f"{r['mnn_rest']} | {r['mnn_rest_rate']:.4f} | {r['added']} | "
+                  + (f"{r['added_precision']:.3f} |" if r["added"] else "- |")
+                  + (f" {r['mnn_holdout']} | {r['mnn_holdout_correct']} |" if held else "")
                   for r in hist]
     return "\n".join(lines) + "\n"
 
@@ -234,6 +280,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: the model's own schedule")
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--train-seed", type=int, default=42)
+    p.add_argument("--holdout", type=float, default=None,
+                   help="fraction of the free kg1 entities the model never pairs itself, scored as mnn_holdout "
+                        "(models with exclude: pcmea)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--from-json", action="store_true", help="rewrite OUT/selection.md from OUT's histories only")
     args = p.parse_args(argv)
@@ -256,6 +305,8 @@ def main(argv=None) -> int:
         p.error(f"{', '.join(missing)} required (only --from-json runs without them)")
     if args.every < 1:
         p.error(f"--every must be >= 1, got {args.every}")
+    if args.holdout is not None and not 0 < args.holdout < 1:
+        p.error(f"--holdout must be in (0, 1), got {args.holdout}")
     pair = load_dataset(args.dataset, root=args.root)
     load_feature_set(pair, args.features)
     data = AlignData.from_pair(pair)
@@ -268,7 +319,11 @@ def main(argv=None) -> int:
         split = split.to_pair_index(data)
         log.info("%s on %s: %d training seeds, %d held out, %d test links", args.model, method,
                  split.train.shape[0], split.val.shape[0], split.test.shape[0])
-        histories[method] = run_one(args.model, data, split, args.epochs, args.every, args.train_seed)
+        held = None if args.holdout is None else holdout_entities(data, args.holdout, args.train_seed,
+                                                                  split.train, split.val)
+        if held is not None:
+            log.info("%d free kg1 entities held out of the model's own pairs", held.numel())
+        histories[method] = run_one(args.model, data, split, args.epochs, args.every, args.train_seed, held)
         text = json.dumps(histories[method], indent=1)
         atomic_write(args.out / f"{args.model}-{method}.json", lambda tmp: Path(tmp).write_text(text))
         summary = table(histories)

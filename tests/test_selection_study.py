@@ -34,16 +34,20 @@ def test_docstring_examples(study):
     assert result.attempted > 0 and result.failed == 0
 
 
-def brute_mnn_gold(joint, data, used):
-    """Dense oracle: mutual cosine top-1 among the free entities, then a lookup in the gold links."""
+def brute_mnn_pairs(joint, data, used):
+    """Dense oracle: the mutual cosine top-1 pairs among the free entities."""
     taken = set(used.flatten().tolist())
     left = [i for i in range(data.n1) if i not in taken]
     right = [j for j in range(data.n1, joint.shape[0]) if j not in taken]
     j = F.normalize(joint, dim=1)
     sim = j[left] @ j[right].t()
     best_r, best_l = sim.argmax(1), sim.argmax(0)
-    pairs = [(left[a], right[int(best_r[a])]) for a in range(len(left)) if int(best_l[best_r[a]]) == a]
-    gold = set(map(tuple, data.links.tolist()))
+    return [(left[a], right[int(best_r[a])]) for a in range(len(left)) if int(best_l[best_r[a]]) == a]
+
+
+def brute_mnn_gold(joint, data, used):
+    """The dense oracle's pair count, and how many of them are gold links."""
+    pairs, gold = brute_mnn_pairs(joint, data, used), set(map(tuple, data.links.tolist()))
     return len(pairs), sum(p in gold for p in pairs)
 
 
@@ -183,3 +187,58 @@ def test_run_one_records_pcmea_pseudo_links(study):
     assert hist[0]["added"] == 0 and hist[-1]["added"] > 0
     assert all(r["mnn_added"] <= r["added"] for r in hist)
     assert hist[-1]["mnn_added"] > 0  # accepted pseudo-links are mutual neighbours of (nearly) this embedding
+
+
+def test_mnn_holdout_against_a_dense_oracle(study):
+    """``holdout``: the mutual neighbours whose kg1 entity is held out, and the gold ones among them."""
+    data = AlignData.from_pair(make_pair(200, seed=2))
+    g = torch.Generator().manual_seed(3)
+    joint = torch.randn(data.n1 + data.n2, 16, generator=g)
+    joint[data.links[:, 1]] = joint[data.links[:, 0]] + 0.3 * torch.randn(data.links.shape[0], 16, generator=g)
+    used = data.links[:50]
+    held = study.holdout_entities(data, 0.3, 5, used)
+    assert torch.equal(held, study.holdout_entities(data, 0.3, 5, used))  # seeded
+    assert not torch.equal(held, study.holdout_entities(data, 0.3, 6, used))
+    assert held.numel() == int(0.3 * (data.n1 - 50)) and not torch.isin(held, used).any()
+    got = study.mnn_scores(joint, data, used, holdout=held)
+    mine = [p for p in brute_mnn_pairs(joint, data, used) if p[0] in set(held.tolist())]
+    gold = set(map(tuple, data.links.tolist()))
+    assert 0 < got["mnn_holdout"] == len(mine) < got["mnn"]
+    assert 0 < got["mnn_holdout_correct"] == sum(p in gold for p in mine) <= len(mine)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        study.holdout_entities(data, 1.0, 0, used)
+
+
+def test_run_one_holds_entities_out_of_pcmea_pseudo_links(study):
+    """Held out: PCMEA pairs none of them, so holding out every free kg1 entity leaves no pseudo-link
+    (the same run without it accepts some, test_run_one_records_pcmea_pseudo_links); a model without
+    ``exclude`` is refused."""
+    from psqe.align.metrics import clean_split
+    from psqe.align.selection import free_entities
+
+    pair = make_pair(200, seed=4)
+    data = AlignData.from_pair(pair)
+    split = clean_split(pair.links, pair.links[:60], val_ratio=0.2, seed=0).to_pair_index(data)
+    small = dict(graph_dim=16, visual_dim=8, attribute_dim=8, relation_dim=8, momentum_start=2,
+                 momentum_every=1, pseudo_every=1, pseudo_persist=1)
+    every, _ = free_entities(data.num_entities, data.n1, split.train, split.val)
+    hist = study.run_one("pcmea", data, split, 8, 2, 7, every, **small)
+    assert all(r["added"] == 0 for r in hist)
+    assert all(r["mnn_holdout"] == r["mnn"] for r in hist)  # every free kg1 entity is held out
+    some = study.holdout_entities(data, 0.5, 7, split.train, split.val)
+    hist = study.run_one("pcmea", data, split, 8, 2, 7, some, **small)
+    assert hist[-1]["added"] > 0 and 0 < hist[-1]["mnn_holdout"] < hist[-1]["mnn"]
+    with pytest.raises(ValueError, match="no exclude"):
+        study.run_one("mclea", data, split, 2, 1, 7, some)
+
+
+def test_table_adds_mnn_holdout_and_dashes_precision_before_any_pair(study):
+    rows = history([900, 1000, 1100], [0.5, 0.7, 0.6])
+    for r, added, held in zip(rows, (0, 5, 9), (300, 350, 320)):
+        r.update(mnn_added=0, mnn_own=r["mnn"], mnn_rest=r["mnn"], mnn_rest_rate=0.5, added=added,
+                 added_precision=0.8 if added else 0.0, mnn_holdout=held, mnn_holdout_correct=held - 10)
+    text = study.table({"psqe": rows})
+    assert "| mnn_own pick | mnn_rest_rate pick | mnn_holdout pick | final pick |" in text
+    assert "| 0.7000 (ep 40) | 0.6000 (ep 60) | 0.7000 (ep 40) |" in text  # mnn_holdout's pick is the best
+    assert "| 20 | 0.5000 | 900 | 0 | 900 | 900 | 0.5000 | 0 | - | 300 | 290 |" in text
+    assert "| 40 | 0.7000 | 1000 | 0 | 1000 | 1000 | 0.5000 | 5 | 0.800 | 350 | 340 |" in text
