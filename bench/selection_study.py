@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from psqe.align import AlignData, build_aligner, embed, evaluate, fit
+from psqe.align import ALIGNERS, AlignData, build_aligner, embed, evaluate, fit
 from psqe.align.selection import count_among, free_entities, mutual_nearest
 from psqe.data import load_dataset
 from psqe.features import load_feature_set
@@ -142,8 +142,12 @@ def holdout_entities(data, fraction: float, seed: int, *used) -> Tensor:
     if not 0 < fraction < 1:
         raise ValueError(f"holdout_entities: fraction must be in (0, 1), got {fraction}")
     left, _ = free_entities(data.num_entities, data.n1, *used)
+    size = int(fraction * left.numel())
+    if size == 0:
+        raise ValueError(f"holdout_entities: a fraction of {fraction} of the {left.numel()} free kg1 entities "
+                         "holds none out; raise it")
     g = torch.Generator().manual_seed(seed)
-    return left[torch.randperm(left.numel(), generator=g)[: int(fraction * left.numel())]].sort().values
+    return left[torch.randperm(left.numel(), generator=g)[:size]].sort().values
 
 
 def mnn_scores(joint, data, *used, added=None, holdout=None) -> dict:
@@ -197,7 +201,9 @@ def run_one(model_name, data, split, epochs, every, seed, holdout=None, **model_
     """Train on ``split.train`` (pair index), recording the criteria and the test H@1 every ``every`` epochs.
 
     ``holdout``: kg1 pair indices handed to the model's ``exclude`` before
-    training (so it never pairs them) and scored as ``mnn_holdout``.
+    training (so it never pairs them) and scored as ``mnn_holdout``. Only the
+    model's own pairs skip them: iterative learning (``il=True`` in
+    ``model_config``) is not told of them.
     ``model_config``: fields of the model's config, as :func:`psqe.align.build_aligner` takes them."""
     model, config = build_aligner(model_name, data, seed=seed, epochs=epochs, **model_config)
     if holdout is not None:
@@ -288,6 +294,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.from_json:
+        if args.holdout is not None:
+            p.error("--holdout shapes a training run; --from-json trains nothing")
         histories = {}
         for method in args.methods.split(","):
             path = args.out / f"{args.model}-{method}.json"
@@ -307,6 +315,9 @@ def main(argv=None) -> int:
         p.error(f"--every must be >= 1, got {args.every}")
     if args.holdout is not None and not 0 < args.holdout < 1:
         p.error(f"--holdout must be in (0, 1), got {args.holdout}")
+    known = ALIGNERS.get(args.model.lower())
+    if args.holdout is not None and known is not None and not hasattr(known[0], "exclude"):
+        p.error(f"--holdout: {args.model} adds no pairs of its own to keep them from (no exclude); use pcmea")
     pair = load_dataset(args.dataset, root=args.root)
     load_feature_set(pair, args.features)
     data = AlignData.from_pair(pair)

@@ -207,6 +207,8 @@ def test_mnn_holdout_against_a_dense_oracle(study):
     assert 0 < got["mnn_holdout_correct"] == sum(p in gold for p in mine) <= len(mine)
     with pytest.raises(ValueError, match="fraction must be in"):
         study.holdout_entities(data, 1.0, 0, used)
+    with pytest.raises(ValueError, match="holds none out"):  # 0.001 of 150 free entities rounds down to none
+        study.holdout_entities(data, 0.001, 0, used)
 
 
 def test_run_one_holds_entities_out_of_pcmea_pseudo_links(study):
@@ -242,3 +244,42 @@ def test_table_adds_mnn_holdout_and_dashes_precision_before_any_pair(study):
     assert "| 0.7000 (ep 40) | 0.6000 (ep 60) | 0.7000 (ep 40) |" in text  # mnn_holdout's pick is the best
     assert "| 20 | 0.5000 | 900 | 0 | 900 | 900 | 0.5000 | 0 | - | 300 | 290 |" in text
     assert "| 40 | 0.7000 | 1000 | 0 | 1000 | 1000 | 0.5000 | 5 | 0.800 | 350 | 340 |" in text
+
+
+def test_main_holds_out_a_share_of_the_entities_no_seed_uses(study, tmp_path, caplog):
+    """``main --holdout``: the pool is drawn by the train seed from the kg1 entities that neither the training
+    nor the held-out seeds use, and every check records its count; bad ``--holdout`` uses are refused first."""
+    import logging
+
+    from loader_files import write_pair_folder
+    from psqe.data import load_dataset
+    from psqe.features import save_feature_set
+    from psqe.reproduce.cells import report_clean_split
+
+    pair = make_pair(1000, seed=3)
+    folder = write_pair_folder(pair, tmp_path / "toy")
+    loaded = load_dataset(folder)
+    for kg, src in ((loaded.kg1, pair.kg1), (loaded.kg2, pair.kg2)):
+        for m in src.features:
+            kg.set_feature(m, src.features[m][src.to_local(kg.ids)], src.present[m][src.to_local(kg.ids)])
+    save_feature_set(loaded, tmp_path / "f.safetensors")
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for i, method in enumerate(study.METHODS):
+        (seeds / f"{method}.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[i * 100:i * 100 + 100].tolist()))
+    args = ["--dataset", str(folder), "--root", str(tmp_path), "--features", str(tmp_path / "f.safetensors"),
+            "--seeds", str(seeds), "--methods", "psqe", "--epochs", "4", "--every", "2", "--out", str(tmp_path / "o")]
+    with caplog.at_level(logging.INFO, logger="selection_study"):
+        assert study.main([*args, "--model", "pcmea", "--holdout", "0.2"]) == 0
+    data = AlignData.from_pair(loaded)
+    sets = [torch.as_tensor(pair.links[i * 100:i * 100 + 100]) for i in range(3)]
+    split = report_clean_split(loaded, sets[2], sets, "val", 42).to_pair_index(data)
+    assert split.val.numel() > 0
+    size = study.holdout_entities(data, 0.2, 42, split.train, split.val).numel()
+    assert f"{size} free kg1 entities held out" in caplog.text
+    hist = json.loads((tmp_path / "o" / "pcmea-psqe.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 3] and all(0 < r["mnn_holdout"] < r["mnn"] for r in hist)
+    for bad in (["--model", "pcmea", "--holdout", "1.5"], ["--model", "mclea", "--holdout", "0.2"],
+                ["--model", "pcmea", "--holdout", "0.2", "--from-json"]):
+        with pytest.raises(SystemExit):
+            study.main([*args, *bad])
