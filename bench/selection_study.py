@@ -330,9 +330,9 @@ def main(argv=None) -> int:
         split = split.to_pair_index(data)
         log.info("%s on %s: %d training seeds, %d held out, %d test links", args.model, method,
                  split.train.shape[0], split.val.shape[0], split.test.shape[0])
-        held = None if args.holdout is None else holdout_entities(data, args.holdout, args.train_seed,
-                                                                  split.train, split.val)
-        if held is not None:
+        held = None
+        if args.holdout is not None:
+            held = holdout_entities(data, args.holdout, args.train_seed, split.train, split.val)
             log.info("%d free kg1 entities held out of the model's own pairs", held.numel())
         histories[method] = run_one(args.model, data, split, args.epochs, args.every, args.train_seed, held)
         text = json.dumps(histories[method], indent=1)

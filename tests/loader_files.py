@@ -77,3 +77,20 @@ def write_pair_folder(pair, folder: Path) -> Path:
         _write(folder / f"triples_{k}", ["\t".join(map(str, t)) for t in kg.triples.tolist()])
     _write(folder / "ill_ent_ids", [f"{a}\t{b}" for a, b in pair.links.tolist()])
     return folder
+
+
+def write_pair_with_features(pair, root: Path):
+    """``pair`` as an EVA folder ``root/toy`` plus its features (``root/features.safetensors``).
+
+    Returns the folder, the feature file and the pair as loaded from the folder (features attached)."""
+    from psqe.data import load_dataset
+    from psqe.features import save_feature_set
+
+    folder = write_pair_folder(pair, root / "toy")
+    loaded = load_dataset(folder)
+    for kg, src in ((loaded.kg1, pair.kg1), (loaded.kg2, pair.kg2)):
+        order = src.to_local(kg.ids)
+        for m in src.features:
+            kg.set_feature(m, src.features[m][order], src.present[m][order])
+    save_feature_set(loaded, root / "features.safetensors")
+    return folder, root / "features.safetensors", loaded

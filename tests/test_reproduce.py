@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 
-from loader_files import write_pair_folder
+from loader_files import write_pair_with_features
 from psqe.cli import main, run
 from psqe.data import load_dataset
 from psqe.data.synthetic import make_pair
-from psqe.features import save_feature_set
 
 pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
 
@@ -20,14 +19,8 @@ def dataset(tmp_path_factory):
     """A 1200-entity synthetic pair as an EVA folder plus its feature file."""
     root = tmp_path_factory.mktemp("repro")
     pair = make_pair(1200, seed=0)
-    folder = write_pair_folder(pair, root / "toy")
-    loaded = load_dataset(folder)
-    for kg, src in ((loaded.kg1, pair.kg1), (loaded.kg2, pair.kg2)):
-        for m in src.features:
-            order = src.to_local(kg.ids)
-            kg.set_feature(m, src.features[m][order], src.present[m][order])
-    save_feature_set(loaded, root / "features.safetensors")
-    return folder, root / "features.safetensors", pair
+    folder, features, _ = write_pair_with_features(pair, root)
+    return folder, features, pair
 
 
 ARGS = ["--models", "eva", "--budget", "150", "--epochs", "30", "--psqe-epochs", "5", "--seed", "0"]

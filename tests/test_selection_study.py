@@ -251,23 +251,16 @@ def test_main_holds_out_a_share_of_the_entities_no_seed_uses(study, tmp_path, ca
     nor the held-out seeds use, and every check records its count; bad ``--holdout`` uses are refused first."""
     import logging
 
-    from loader_files import write_pair_folder
-    from psqe.data import load_dataset
-    from psqe.features import save_feature_set
+    from loader_files import write_pair_with_features
     from psqe.reproduce.cells import report_clean_split
 
     pair = make_pair(1000, seed=3)
-    folder = write_pair_folder(pair, tmp_path / "toy")
-    loaded = load_dataset(folder)
-    for kg, src in ((loaded.kg1, pair.kg1), (loaded.kg2, pair.kg2)):
-        for m in src.features:
-            kg.set_feature(m, src.features[m][src.to_local(kg.ids)], src.present[m][src.to_local(kg.ids)])
-    save_feature_set(loaded, tmp_path / "f.safetensors")
+    folder, features, loaded = write_pair_with_features(pair, tmp_path)
     seeds = tmp_path / "seeds"
     seeds.mkdir()
     for i, method in enumerate(study.METHODS):
         (seeds / f"{method}.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pair.links[i * 100:i * 100 + 100].tolist()))
-    args = ["--dataset", str(folder), "--root", str(tmp_path), "--features", str(tmp_path / "f.safetensors"),
+    args = ["--dataset", str(folder), "--root", str(tmp_path), "--features", str(features),
             "--seeds", str(seeds), "--methods", "psqe", "--epochs", "4", "--every", "2", "--out", str(tmp_path / "o")]
     with caplog.at_level(logging.INFO, logger="selection_study"):
         assert study.main([*args, "--model", "pcmea", "--holdout", "0.2"]) == 0
