@@ -27,6 +27,7 @@ import torch
 import psqe
 from psqe.features import load_feature_set
 from psqe.seeds.compare import compare_generators
+from psqe.seeds.config import paper_budget
 
 ROWS = [("Type I (UVP)", "type1", None), ("Type II (multimodal)", "type2", None),
         ("PSQE Stage I (w/o Stage II+III)", "psqe", "stage1"),
@@ -70,13 +71,15 @@ def main() -> None:
     parser.add_argument("--setting", required=True)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--budget", type=int, default=None, help="default: the paper's (5000 on DWY15K, else 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ablation-run", action="store_true", help="skip the separate w/o-MIC run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     pair = psqe.load_dataset(args.dataset, root=args.root)
     summary = load_feature_set(pair, args.features)
+    if args.budget is None:
+        args.budget = paper_budget(args.dataset)
     cfg = psqe.PSQEConfig(budget=args.budget, seed=args.seed).replace(tuning={"epochs": args.epochs})
     start = time.perf_counter()
     result, seeds, quality = compare_generators(pair, cfg)

@@ -5,7 +5,7 @@ offline; ``psqe seeds DATASET --features F --out DIR`` writes PSQE seeds
 (TSV, int32 .npy, per-stage files, a JSON report; atomically).
 ``psqe align DATASET --seeds FILE --model M`` trains and evaluates one
 aligner; ``psqe reproduce --dataset D --setting R2 --out DIR`` runs the
-paper's Table 1 as a resumable report folder (:mod:`psqe.reproduce`).
+paper's Table 1 or 2 as a resumable report folder (:mod:`psqe.reproduce`).
 ``psqe info`` reports which backend runs; ``psqe demo`` is the quick
 start's main job (:mod:`psqe.demo`): PSQE, Type I and Type II seeds on a
 synthetic multimodal KG pair, their quality side by side, and a plot of where
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds.add_argument("--out", required=True, help="output folder (seeds.tsv, seeds.npy, stage files, report.json)")
     seeds.add_argument("--root", default=None)
     seeds.add_argument("--config", default=None, help="JSON file of PSQEConfig fields")
+    seeds.add_argument("--budget", type=int, default=None, help="seed budget; overrides the config's (default: "
+                       "the config's, else the paper's for the dataset: 5000 on DWY15K, else 1000)")
     seeds.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     seeds.add_argument("--device", default=None, help="overrides the config's device")
     seeds.add_argument("--visual-precision", choices=["float32", "bfloat16"], default=None,
@@ -82,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
                        "entities are kept out of the clean test set too (as are --seeds' and the 30%% gold "
                        "split's), so that every run scores on one test set")
     align.add_argument("--out", default=None, help="also write the metrics to this JSON file (atomically)")
-    rep = sub.add_parser("reproduce", help="the paper's Table 1 for one dataset and setting, as a resumable report folder")
+    rep = sub.add_parser("reproduce", help="the paper's Table 1 (DBP15K) or 2 (DWY15K) for one dataset and setting, as a resumable report folder")
     rep.add_argument("--dataset", required=True, help="dataset folder or name, e.g. DBP15K/zh_en")
     rep.add_argument("--models", default="eva,mclea,meaformer,pcmea")
     rep.add_argument("--seeds", default="uvp,multimodal,psqe", help="seed sets: uvp, multimodal, psqe")
     rep.add_argument("--no-supervised", action="store_true", help="skip the 30%%-gold reference row")
     rep.add_argument("--protocols", default="legacy,clean")
-    rep.add_argument("--budget", type=int, default=1000)
+    rep.add_argument("--budget", type=int, default=None,
+                     help="seed budget of every generator (default: the paper's, 5000 on DWY15K, else 1000)")
     rep.add_argument("--psqe-epochs", type=int, default=None, help="Stage II tuning epochs (default 300)")
     rep.add_argument("--out", required=True, help="report folder (an interrupted run resumes from it)")
     _common_align_options(rep)
@@ -216,7 +219,7 @@ def _seeds(args, parser) -> int:
     from .data import load_dataset
     from .features import load_feature_set, require_seed_slots
     from .seeds.compare import compare_generators, write_distribution_plot
-    from .seeds.config import PSQEConfig
+    from .seeds.config import PSQEConfig, paper_budget
     from .seeds.io import write_result
     from .seeds.pipeline import generate_seeds
 
@@ -229,15 +232,18 @@ def _seeds(args, parser) -> int:
             parser.error(f"--config {args.config}: {err}")
         if not isinstance(fields, dict):
             parser.error(f"--config {args.config}: expected a JSON object of PSQEConfig fields")
-    for name in ("seed", "device"):
+    for name in ("budget", "seed", "device"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
+    if "budget" not in fields:
+        fields["budget"] = paper_budget(args.dataset)
+        log.info("seed budget %d: the paper's for %s (--budget to change it)", fields["budget"], args.dataset)
     if args.visual_precision is not None:
         fields["tuning"] = {**fields.get("tuning", {}), "visual_precision": args.visual_precision}
     try:
         config = PSQEConfig().replace(**fields)
     except (TypeError, ValueError) as err:
-        parser.error(f"--config {args.config}: {err}")
+        parser.error(f"{'--config ' + args.config if args.config else 'psqe seeds'}: {err}")
     pair = load_dataset(args.dataset, root=args.root)
     load_feature_set(pair, args.features)
     require_seed_slots(pair, f"--features {args.features}")

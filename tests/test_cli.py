@@ -79,28 +79,16 @@ def test_seeds_command_writes_every_file(tmp_path):
     """`psqe seeds` on a tiny EVA-layout folder with a saved feature file."""
     import numpy as np
 
-
-    from psqe.data import load_dataset
+    from loader_files import write_pair_with_features
+    from psqe.data import KGPair
     from psqe.features import save_feature_set
     from test_pipeline import planted_pair
 
-    kg1, kg2, links = planted_pair(n=300)
-    folder = tmp_path / "toy"
-    folder.mkdir()
-    (folder / "ent_ids_1").write_text("".join(f"{i}\ta{i}\n" for i in kg1.ids.tolist()))
-    (folder / "ent_ids_2").write_text("".join(f"{i}\tb{i}\n" for i in kg2.ids.tolist()))
-    (folder / "triples_1").write_text("".join("\t".join(map(str, t)) + "\n" for t in kg1.triples.tolist()))
-    (folder / "triples_2").write_text("".join("\t".join(map(str, t)) + "\n" for t in kg2.triples.tolist()))
-    (folder / "ill_ent_ids").write_text("".join(f"{a}\t{b}\n" for a, b in links.tolist()))
-    pair = load_dataset(folder)
-    for kg, src in ((pair.kg1, kg1), (pair.kg2, kg2)):
-        for m in src.features:
-            kg.set_feature(m, src.features[m][src.to_local(kg.ids)])
-    save_feature_set(pair, tmp_path / "f.safetensors")
+    folder, features, pair = write_pair_with_features(KGPair(*planted_pair(n=300)), tmp_path)
     config = tmp_path / "cfg.json"
     config.write_text('{"budget": 50, "n_clusters": 2, "eta": 0.5, "tuning": {"epochs": 5, "batch_size": 32}}')
     out = tmp_path / "out"
-    assert main(["seeds", str(folder), "--features", str(tmp_path / "f.safetensors"), "--out", str(out), "--config", str(config),
+    assert main(["seeds", str(folder), "--features", str(features), "--out", str(out), "--config", str(config),
                  "--visual-precision", "bfloat16"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["tuning"]["visual_precision"] == "bfloat16" and report["config"]["tuning"]["epochs"] == 5
@@ -119,7 +107,28 @@ def test_seeds_command_writes_every_file(tmp_path):
     with pytest.raises(ValueError, match=r"--features .*no-text\.safetensors: no 'relation' feature on kg1 and kg2"):
         main(["seeds", str(folder), "--features", str(tmp_path / "no-text.safetensors"), "--out", str(tmp_path / "o2")])
     assert not (tmp_path / "o2").exists()
+    # --budget overrides the config's budget
+    assert main(["seeds", str(folder), "--features", str(features), "--out", str(tmp_path / "o3"),
+                 "--config", str(config), "--budget", "30"]) == 0
+    report = json.loads((tmp_path / "o3" / "report.json").read_text())
+    assert report["config"]["budget"] == 30 and report["generators"]["type1"]["count"] == 30
 
+
+def test_seeds_budget_defaults_to_the_papers(tmp_path, capsys, caplog):
+    """No budget in the config or on the command line: the paper's for the dataset (5000 on DWY15K), said in the
+    log; a bad --budget is refused in one line before anything is loaded."""
+    import logging
+
+    folder = tmp_path / "dbp_wd_15k_V1"
+    bad = tmp_path / "cfg.json"
+    bad.write_text('{"eta": 7}')
+    with caplog.at_level(logging.INFO, logger="psqe"), pytest.raises(SystemExit):
+        main(["seeds", str(folder), "--features", "f", "--out", str(tmp_path / "o"), "--config", str(bad)])
+    assert "seed budget 5000: the paper's for" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["seeds", str(folder), "--features", "f", "--out", str(tmp_path / "o"), "--budget", "0"])
+    assert "psqe seeds: PSQEConfig.budget must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("text, message", [

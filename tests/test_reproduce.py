@@ -74,6 +74,7 @@ def test_report_files_and_numbers(report):
     assert "PSQE seeds give the best H@1 (legacy)" in table
     assert table.count("Type II more precise than Type I") == 1  # a claim on the seeds: not one per protocol
     assert "PSQE seeds give the best H@1 (clean)" in table
+    assert "The paper reports no numbers for this dataset." in table and "Paper columns" not in table
     assert f"Clean protocol: {sup['clean']['queries']} test links (digest {sup['clean']['test_digest']}), " \
            "selection final;" in table and "different test sets" not in table
     svg = (report / "h1.svg").read_text()
@@ -506,3 +507,60 @@ def test_claims_give_tiny_margins_in_links():
                      "multimodal 0.233 (+0.0004, about 4 of 9,329 test links))"]
     tie = claims([cell("uvp", 0.2128), cell("psqe", 0.2128)], {}, ("clean",))
     assert "not held" in tie[0] and "(+0.000)" in tie[0]
+
+
+@pytest.mark.parametrize("dataset, budget", [
+    ("DWY15K/V1", 5000), ("DWY15K/dbp_wd_15k_V2", 5000), ("/data/DWY15K/dbp_wd_15k_V1/mapping/0_3", 5000),
+    ("dbp_wd_15k_V2", 5000), ("DBP15K/zh_en", 1000), ("ja_en", 1000), ("DWY15K/OEA_D_W_15K_V1", 1000)])
+def test_budget_defaults_to_the_papers(dataset, budget):
+    """The paper's unsup_k: 5000 on DWY15K (EVA's dbp_wd_15k splits), 1000 on DBP15K and where it has none."""
+    from psqe.reproduce import ReproduceConfig
+
+    assert ReproduceConfig(dataset).budget == budget
+    assert ReproduceConfig(dataset, budget=321).budget == 321
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True, "1000"])
+def test_bad_budget_is_refused(budget):
+    from psqe.reproduce import ReproduceConfig
+
+    with pytest.raises(ValueError, match=r"budget must be a whole number >= 1, got"):
+        ReproduceConfig("DBP15K/zh_en", budget=budget)
+
+
+def test_paper_numbers_for_table_2(tmp_path):
+    """DWY15K rows carry the paper's Table 2 (no PCMEA there), DBP15K rows Table 1, OpenEA's D-W sample none."""
+    from psqe.reproduce import paper_entry
+    from psqe.reproduce.summary import summary_rows
+
+    table, rows = paper_entry("DWY15K/V1")
+    assert table == "Table 2" and rows["meaformer"] == {"base": (.928, .983, .950), "psqe": (.954, .984, .966)}
+    assert "pcmea" not in rows and paper_entry("DWY15K/V2")[1]["mclea"]["psqe"] == (.921, .977, .943)
+    assert paper_entry("DBP15K/ja_en")[0] == "Table 1" and paper_entry("zh_en")[1]["eva"]["base"][0] == .783
+    assert paper_entry("DWY15K/OEA_D_W_15K_V1") is None
+    for name, model, delta in (("DWY15K/V1", "eva", 0.035), ("DWY15K/dbp_wd_15k_V2", "mclea", 0.025),
+                               ("DWY15K/V1", "pcmea", None), ("DBP15K/zh_en", "pcmea", 0.057)):
+        folder = tmp_path / f"{name.replace('/', '_')}-{model}"
+        (folder / "cells").mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"config": {"dataset": name, "setting": "R2", "epochs": 5}}))
+        (folder / "cells" / f"{model}__psqe.json").write_text(json.dumps(
+            {"model": model, "seeds": "psqe", "train_pairs": 10, "legacy": {"hits@1": 0.5}}))
+        assert summary_rows([folder])[0]["paper_delta"] == delta, (name, model)
+
+
+def test_report_sets_table_2_beside_dwy15k_rows(tmp_path):
+    from types import SimpleNamespace
+
+    from psqe.reproduce import ReproduceConfig, paper_entry
+    from psqe.reproduce.report import write_report
+
+    config = ReproduceConfig("DWY15K/V1", models=("eva",), protocols=("legacy",))
+    cells = [{"model": "eva", "seeds": s, "train_pairs": 5000, "legacy": {"hits@1": h, "hits@10": 0.9, "mrr": 0.6}}
+             for s, h in (("uvp", 0.41), ("multimodal", 0.40), ("psqe", 0.45))]
+    write_report(tmp_path, config, SimpleNamespace(name="DWY15K/dbp_wd_15k_V1"), cells, {}, None, {},
+                 paper_entry(config.dataset))
+    table = (tmp_path / "table.md").read_text()
+    assert "Budget 5000;" in table and "Paper columns: Table 2 (" in table
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| eva |")}
+    assert rows["uvp"].endswith("| 0.880 | 0.965 | 0.914 | 0.000 |") and rows["psqe"].endswith("| 0.915 | 0.971 | 0.937 | 0.000 |")
+    assert rows["multimodal"].endswith("|  |  |  | 0.000 |")

@@ -41,9 +41,18 @@ _ALIASES = {
 _OEA = ("OEA_D_W_15K_V1", "OEA_D_W_15K_V2", "OEA_EN_FR_15K_V1", "OEA_EN_DE_15K_V1")
 
 
+def canonical_name(name: str) -> str:
+    """A dataset name with its short alias spelled out.
+
+    >>> canonical_name("DWY15K/V1"), canonical_name("zh_en"), canonical_name("my/folder/")
+    ('DWY15K/dbp_wd_15k_V1', 'DBP15K/zh_en', 'my/folder')
+    """
+    return _ALIASES.get(name.strip("/"), name.strip("/"))
+
+
 def candidates(name: str) -> list[str]:
     """Relative folders tried, in order, for a dataset name."""
-    name = _ALIASES.get(name.strip("/"), name.strip("/"))
+    name = canonical_name(name)
     base = name.split("/")[-1]
     if name.startswith("DBP15K/"):
         return [name, f"mmkg/{name}", base]

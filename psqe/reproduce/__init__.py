@@ -1,4 +1,5 @@
-"""``psqe reproduce``: the paper's Table 1 on one dataset and setting, as a resumable report folder.
+"""``psqe reproduce``: the paper's Table 1 (DBP15K) or Table 2 (DWY15K) on one dataset and setting, as a
+resumable report folder.
 
 Cells: every aligner trained on every seed set (``uvp`` = Type I, EVA's
 unsupervised visual pivoting; ``multimodal`` = Type II; ``psqe``) plus the
@@ -35,9 +36,11 @@ The folder::
     seed_quality.md       precision, recall, coverage, balance per seed set
     h1.svg, seed_distribution.svg
 
->>> from psqe.reproduce import PAPER_TABLE1
+>>> from psqe.reproduce import PAPER_TABLE1, paper_budget, paper_entry
 >>> PAPER_TABLE1["zh_en"]["meaformer"]
 {'base': (0.804, 0.923, 0.847), 'psqe': (0.842, 0.947, 0.882)}
+>>> paper_entry("DWY15K/V1")[0], paper_budget("DWY15K/V1"), paper_budget("DBP15K/ja_en")
+('Table 2', 5000, 1000)
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..features._util import atomic_write
+from ..seeds.config import paper_budget
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,29 @@ PAPER_TABLE1 = {
               "meaformer": {"base": (.918, .980, .942), "psqe": (.932, .986, .953)},
               "pcmea": {"base": (.904, .974, .930), "psqe": (.917, .981, .941)}},
 }
+#: The paper's Table 2 (DWY15K; it has no PCMEA row), keyed by the folder names of EVA's split.
+PAPER_TABLE2 = {
+    "dbp_wd_15k_V1": {"eva": {"base": (.880, .965, .914), "psqe": (.915, .971, .937)},
+                      "mclea": {"base": (.903, .975, .932), "psqe": (.912, .975, .937)},
+                      "meaformer": {"base": (.928, .983, .950), "psqe": (.954, .984, .966)}},
+    "dbp_wd_15k_V2": {"eva": {"base": (.880, .963, .913), "psqe": (.900, .972, .929)},
+                      "mclea": {"base": (.896, .970, .926), "psqe": (.921, .977, .943)},
+                      "meaformer": {"base": (.917, .981, .944), "psqe": (.939, .984, .957)}},
+}
+_PAPER_TABLES = (("Table 1", PAPER_TABLE1), ("Table 2", PAPER_TABLE2))
+
+
+def paper_entry(dataset: str) -> tuple[str, dict] | None:
+    """``(table name, {model: {"base": ..., "psqe": ...}})`` of the paper for a dataset name or folder (its
+    short aliases spelled out), or None for a dataset the paper did not report (e.g. OpenEA's D-W sample)."""
+    from ..data.layout import canonical_name
+
+    name = canonical_name(str(dataset))
+    for table, rows in _PAPER_TABLES:
+        for key, entry in rows.items():
+            if key in name:
+                return table, entry
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,7 +123,8 @@ class ReproduceConfig:
         clean_selection: ``"final"`` (the last epoch), ``"val"`` (best on
             10% of the seeds held out) or ``"mnn"`` (label-free: the most mutual
             nearest neighbours among the entities no seed uses); see the module docstring.
-        budget: seed budget of every generator (1000 on DBP15K).
+        budget: seed budget of every generator; None: the paper's for the dataset
+            (:func:`psqe.seeds.config.paper_budget`: 5000 on DWY15K, else 1000), resolved when the config is made.
         epochs: overrides every aligner's epochs, its schedule scaled to fit
             (:func:`psqe.align.build_aligner`; None: each model's default).
         psqe_epochs: overrides Stage II's tuning epochs (None: 300).
@@ -117,7 +145,7 @@ class ReproduceConfig:
     supervised: bool = True
     protocols: tuple[str, ...] = ("legacy", "clean")
     clean_selection: str = "final"
-    budget: int = 1000
+    budget: int | None = None
     epochs: int | None = None
     psqe_epochs: int | None = None
     surface: bool = False
@@ -151,6 +179,10 @@ class ReproduceConfig:
             raise ValueError(f"reproduce: --iterative: {NO_ITERATIVE} (run pcmea in a folder without --iterative)")
         if self.setting not in ("R0", "R1", "R2"):
             raise ValueError(f"reproduce: setting must be R0, R1 or R2, got {self.setting!r}")
+        if self.budget is None:
+            object.__setattr__(self, "budget", paper_budget(self.dataset))
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise ValueError(f"reproduce: budget must be a whole number >= 1, got {self.budget!r}")
         for name in ("epochs", "psqe_epochs", "train_seed"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"reproduce: {name} must be >= 0, got {getattr(self, name)}")
@@ -177,13 +209,6 @@ def _versions() -> dict:
             "torch_geometric": torch_geometric.__version__, "python": platform.python_version(),
             "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "backend": ops.backend(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
-def _dataset_key(pair_name: str) -> str | None:
-    for key in PAPER_TABLE1:
-        if key in pair_name:
-            return key
-    return None
 
 
 def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -> dict:
@@ -244,7 +269,7 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
         else:
             log.info("cell %s / %s: done earlier, reused", model, method)
         rows.append(cell)
-    write_report(out, config, pair, rows, seeds, clusters, quality, _dataset_key(pair.name or config.dataset))
+    write_report(out, config, pair, rows, seeds, clusters, quality, paper_entry(pair.name or config.dataset))
     return {"rows": rows}
 
 

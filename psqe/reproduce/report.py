@@ -1,6 +1,6 @@
 """The report of ``psqe reproduce``: tables (Markdown + CSV), the paper's claims, plots.
 
-Rows are cells (model x seed set). The paper's Table 1 numbers sit beside
+Rows are cells (model x seed set). The paper's Table 1 (or 2) numbers sit beside
 the rows they correspond to: its "base" row (each model with its own
 unsupervised seeds) beside ``uvp``, its "+PSQE" row beside ``psqe``. Our
 features are the offline stand-ins of BENCHMARK-PROTOCOL.md, so the
@@ -117,14 +117,15 @@ def _training_seed_note(config) -> str:
 
 
 def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, clusters, quality: dict,
-                 paper_key: str | None) -> None:
+                 paper: tuple[str, dict] | None) -> None:
     """Write table.md/csv, seed_quality.md, h1.svg and seed_distribution.svg into ``out`` (atomically).
 
     ``quality``: the folder's seed quality, one entry per finished seed set
-    (:func:`~psqe.reproduce.cells.make_seeds`)."""
-    from . import PAPER_TABLE1
-
-    paper = PAPER_TABLE1.get(paper_key) if paper_key else None
+    (:func:`~psqe.reproduce.cells.make_seeds`); ``paper``: the paper's table for the dataset
+    (:func:`~psqe.reproduce.paper_entry`), or None."""
+    table, paper = paper if paper else (None, None)
+    paper_text = (f"Paper columns: {table} ('base' beside uvp, '+PSQE' beside psqe; real images there, the offline "
+                  "stand-ins here: compare deltas)." if table else "The paper reports no numbers for this dataset.")
     rows = [_flat(c, paper) for c in cells]
     protocols = [p for p in PROTOCOLS if any(p in c for c in cells)]  # those with at least one entry
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
@@ -132,8 +133,7 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
             f"Budget {config.budget}; epochs {f'{config.epochs} (schedules scaled)' if config.epochs else 'model defaults'}; Stage II epochs "
             f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}"
             f"{'; iterative learning on (the schedule, then as many epochs again)' if config.iterative else ''}; seed {config.seed}{_training_seed_note(config)}. "
-            f"`{SUPERVISED}`: trained on 30% gold links. Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside "
-            "psqe; real images there, the offline stand-ins here: compare deltas).\n\n",
+            f"`{SUPERVISED}`: trained on 30% gold links. {paper_text}\n\n",
             _clean_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
             _markdown(qrows, ["seeds"] + QUALITY), "\n## The paper's claims on these numbers\n\n",
             "".join(f"- {c}\n" for c in claims(cells, quality, protocols))]

@@ -3,7 +3,7 @@
 Each folder's ``config.json`` names the dataset, setting, epochs and training seed; its
 ``cells/*.json`` hold the numbers. A row is one (folder, model, protocol):
 H@1 of the 30%-gold reference and of each seed set, PSQE's margin over
-Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 margin
+Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 (DBP15K) or 2 (DWY15K) margin
 (its "+PSQE" row minus its "base" row) beside it; ``test_links``: the size of
 the test set the row's cells share, or ``"differs"`` when they were scored on
 different ones (clean entries from before the common test set); ``epochs``:
@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 from ..align.metrics import PROTOCOLS
-from . import PAPER_TABLE1, SUPERVISED, _dataset_key
+from . import SUPERVISED, paper_entry
 from .report import _margin
 
 COLUMNS = ["report", "model", "protocol", "epochs", "train_seed", "test_links", "supervised30", "type1", "type2",
@@ -46,7 +46,7 @@ def _load_json(path: Path) -> dict:
 
 
 def _paper_delta(dataset: str, model: str) -> float | None:
-    entry = PAPER_TABLE1.get(_dataset_key(dataset), {}).get(model)
+    entry = (paper_entry(dataset) or (None, {}))[1].get(model)
     return round(entry["psqe"][0] - entry["base"][0], 3) if entry else None
 
 

@@ -26,6 +26,22 @@ import torch
 from .fusion import DEFAULT_WEIGHTS
 
 
+#: The paper's seed budget (``unsup_k``, its section 6.1.3) on DWY15K; DBP15K's, 1000, is the default elsewhere.
+DWY15K_BUDGET = 5000
+
+
+def paper_budget(dataset: str) -> int:
+    """The seed budget the paper used on ``dataset`` (a name, alias or folder): 5000 on DWY15K (EVA's
+    ``dbp_wd_15k`` splits), 1000 otherwise (its DBP15K budget, also the default where it has no number).
+
+    >>> paper_budget("DWY15K/V2"), paper_budget("/data/DWY15K/dbp_wd_15k_V1"), paper_budget("DBP15K/fr_en")
+    (5000, 5000, 1000)
+    """
+    from ..data.layout import canonical_name
+
+    return DWY15K_BUDGET if "dbp_wd_15k" in canonical_name(str(dataset)).lower() else 1000
+
+
 #: ``TuningConfig.visual_precision`` values and their dtypes.
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
