@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="the paper's Table 1 (DBP15K) or 2 (DWY15K) for one dataset and setting, as a resumable report folder")
     rep.add_argument("--dataset", required=True, help="dataset folder or name, e.g. DBP15K/zh_en")
     rep.add_argument("--models", default="eva,mclea,meaformer,pcmea")
-    rep.add_argument("--seeds", default="uvp,multimodal,psqe", help="seed sets: uvp, multimodal, psqe")
+    rep.add_argument("--seeds", default="uvp,multimodal,psqe",
+                     help="seed sets: uvp, multimodal, psqe (default), and for the paper's Table 3 psqe-no-visual, "
+                          "psqe-no-relation, psqe-no-attribute (PSQE without that modality)")
     rep.add_argument("--no-supervised", action="store_true", help="skip the 30%%-gold reference row")
     rep.add_argument("--protocols", default="legacy,clean")
     rep.add_argument("--budget", type=int, default=None,

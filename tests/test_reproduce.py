@@ -564,3 +564,75 @@ def test_report_sets_table_2_beside_dwy15k_rows(tmp_path):
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| eva |")}
     assert rows["uvp"].endswith("| 0.880 | 0.965 | 0.914 | 0.000 |") and rows["psqe"].endswith("| 0.915 | 0.971 | 0.937 | 0.000 |")
     assert rows["multimodal"].endswith("|  |  |  | 0.000 |")
+
+
+def test_ablation_seed_sets_leave_one_modality_out(dataset, tmp_path):
+    """Table 3's seed sets: PSQE's generator with one modality's weight removed, kept and scored like the rest."""
+    from psqe.seeds.config import PSQEConfig
+    from psqe.seeds.io import read_seeds
+    from psqe.seeds.pipeline import generate_seeds
+
+    folder, features, pair = dataset
+    out = tmp_path / "ablation"
+    args = ["--models", "eva", "--budget", "150", "--epochs", "10", "--psqe-epochs", "5", "--seed", "0",
+            "--no-supervised", "--protocols", "legacy"]
+    assert main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(out),
+                 "--seeds", "psqe,psqe-no-visual,psqe-no-relation", *args]) == 0
+    full = PSQEConfig(budget=150, seed=0).replace(tuning={"epochs": 5})
+    for method, left_out in (("psqe-no-visual", "visual"), ("psqe-no-relation", "relation")):
+        weights = {m: w for m, w in full.weights.items() if m != left_out}
+        expected = generate_seeds(pair.kg1, pair.kg2, full.replace(weights=weights), links=pair.links).seeds
+        assert torch.equal(read_seeds(out / "seeds" / f"{method}.tsv"), expected), method
+    assert not torch.equal(read_seeds(out / "seeds" / "psqe-no-visual.tsv"), read_seeds(out / "seeds" / "psqe.tsv"))
+    quality = json.loads((out / "seeds" / "quality.json").read_text())
+    assert set(quality) == {"psqe", "psqe-no-visual", "psqe-no-relation"} and "stage3" in quality["psqe-no-visual"]["stages"]
+    assert "cluster_tv" in quality["psqe-no-visual"]  # scored on PSQE's own Stage I clusters, like every set
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    h1 = {c["seeds"]: c["legacy"]["hits@1"] for c in cells.values()}
+    assert set(h1) == {"psqe", "psqe-no-visual", "psqe-no-relation"}
+    table = (out / "table.md").read_text()
+    drops = ", ".join(f"{m} {h1[m]:.3f} ({h1[m] - h1['psqe']:+.3f})" for m in ("psqe-no-visual", "psqe-no-relation"))
+    assert f"eva: PSQE without the visual modality loses the most H@1 (legacy): " in table and drops in table
+    assert "| eva | psqe-no-visual | " in table
+
+
+def test_ablation_of_an_absent_modality_is_refused(dataset, tmp_path):
+    import copy
+
+    from loader_files import write_pair_with_features
+
+    pair = copy.deepcopy(dataset[2])  # the module's pair stays whole
+    for drop, name in (("attribute", "no-attribute"), ("visual", "relation-only")):
+        for kg in (pair.kg1, pair.kg2):
+            kg.features.pop(drop), kg.present.pop(drop)
+        folder, features, _ = write_pair_with_features(pair, tmp_path / name)
+        argv = ["reproduce", "--dataset", str(folder), "--features", str(features), "--models", "eva", "--budget",
+                "150", "--no-supervised", "--out", str(tmp_path / name / "out")]
+        if drop == "attribute":
+            with pytest.raises(ValueError, match=r"seed set psqe-no-attribute: the seed generator reads no 'attribute' "
+                                                 r"modality on .* \(it reads relation, visual\), so psqe-no-attribute"):
+                main([*argv, "--seeds", "psqe,psqe-no-attribute"])
+        else:
+            with pytest.raises(ValueError, match="'relation' is the only modality the seed generator reads"):
+                main([*argv, "--seeds", "psqe-no-relation"])
+        assert not (tmp_path / name / "out" / "seeds" / "psqe.tsv").exists()  # refused before any seeds
+    assert sorted(dataset[2].kg1.features) == ["attribute", "relation", "visual"]
+
+
+def test_report_sets_table_3_beside_ja_en_ablations(tmp_path):
+    from types import SimpleNamespace
+
+    from psqe.reproduce import ReproduceConfig, paper_entry
+    from psqe.reproduce.report import write_report
+
+    assert "psqe-no-visual" not in paper_entry("DBP15K/zh_en")[1]["eva"]  # Table 3 is JA-EN only
+    config = ReproduceConfig("DBP15K/ja_en", models=("mclea",), seeds=("psqe", "psqe-no-visual"), protocols=("legacy",))
+    cells = [{"model": "mclea", "seeds": s, "train_pairs": 1000, "legacy": {"hits@1": h, "hits@10": 0.9, "mrr": 0.6}}
+             for s, h in (("psqe", 0.45), ("psqe-no-visual", 0.30))]
+    write_report(tmp_path, config, SimpleNamespace(name="DBP15K/ja_en"), cells, {}, None, {}, paper_entry(config.dataset))
+    table = (tmp_path / "table.md").read_text()
+    assert "Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside psqe) and Table 3 beside the psqe-no-* rows" in table
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| mclea |")}
+    assert rows["psqe-no-visual"].endswith("| 0.668 |  | 0.735 | 0.000 |") and rows["psqe"].endswith("| 0.879 | 0.964 | 0.911 | 0.000 |")
+    assert ("mclea: PSQE without the visual modality loses the most H@1 (legacy): held "
+            "(PSQE 0.450; psqe-no-visual 0.300 (-0.150))") in table

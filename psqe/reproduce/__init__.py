@@ -63,7 +63,11 @@ from ..seeds.config import paper_budget
 
 log = logging.getLogger(__name__)
 
-SEED_METHODS = ("uvp", "multimodal", "psqe")
+#: PSQE without one modality in every stage (the paper's Table 3): seed set -> the modality it leaves out.
+ABLATIONS = {"psqe-no-visual": "visual", "psqe-no-relation": "relation", "psqe-no-attribute": "attribute"}
+#: The seed sets a report can train on; the first three are its default (the paper's Table 1 / 2).
+SEED_METHODS = ("uvp", "multimodal", "psqe", *ABLATIONS)
+DEFAULT_SEEDS = SEED_METHODS[:3]
 SUPERVISED = "supervised30"
 #: ReproduceConfig fields a resume may change (every other field must match config.json).
 _MAY_CHANGE = ("models", "seeds", "supervised", "protocols", "clean_selection")
@@ -94,18 +98,28 @@ PAPER_TABLE2 = {
                       "meaformer": {"base": (.917, .981, .944), "psqe": (.939, .984, .957)}},
 }
 _PAPER_TABLES = (("Table 1", PAPER_TABLE1), ("Table 2", PAPER_TABLE2))
+#: The paper's Table 3 (JA-EN): PSQE without one modality, H@1 and MRR (it gives no H@10: None).
+PAPER_TABLE3 = {"ja_en": {
+    "meaformer": {"psqe-no-relation": (.889, None, .919), "psqe-no-attribute": (.891, None, .921),
+                  "psqe-no-visual": (.732, None, .795)},
+    "eva": {"psqe-no-relation": (.870, None, .901), "psqe-no-attribute": (.871, None, .902),
+            "psqe-no-visual": (.603, None, .667)},
+    "mclea": {"psqe-no-relation": (.877, None, .908), "psqe-no-attribute": (.877, None, .909),
+              "psqe-no-visual": (.668, None, .735)}}}
 
 
 def paper_entry(dataset: str) -> tuple[str, dict] | None:
     """``(table name, {model: {"base": ..., "psqe": ...}})`` of the paper for a dataset name or folder (its
-    short aliases spelled out), or None for a dataset the paper did not report (e.g. OpenEA's D-W sample)."""
+    short aliases spelled out), or None for a dataset the paper did not report (e.g. OpenEA's D-W sample).
+    On JA-EN each model's entry also holds Table 3's rows, under the names of :data:`ABLATIONS`."""
     from ..data.layout import canonical_name
 
     name = canonical_name(str(dataset))
     for table, rows in _PAPER_TABLES:
         for key, entry in rows.items():
             if key in name:
-                return table, entry
+                extra = PAPER_TABLE3.get(key, {})
+                return table, {model: {**numbers, **extra.get(model, {})} for model, numbers in entry.items()}
     return None
 
 
@@ -117,7 +131,8 @@ class ReproduceConfig:
         dataset: folder or name (``DBP15K/zh_en``) resolved under ``root`` / ``$PSQE_DATA``.
         setting: feature setting ``R1`` / ``R2`` (BENCHMARK-PROTOCOL.md; ``R0`` needs the image pickles).
         models: aligners (names of :data:`psqe.align.ALIGNERS`).
-        seeds: seed sets among :data:`SEED_METHODS`.
+        seeds: seed sets among :data:`SEED_METHODS`: ``uvp`` (Type I), ``multimodal`` (Type II),
+            ``psqe``, and PSQE without one modality (:data:`ABLATIONS`, the paper's Table 3).
         supervised: also train each model on 30% gold links.
         protocols: ``("legacy", "clean")`` or one of them.
         clean_selection: ``"final"`` (the last epoch), ``"val"`` (best on
@@ -141,7 +156,7 @@ class ReproduceConfig:
     dataset: str
     setting: str = "R2"
     models: tuple[str, ...] = ("eva", "mclea", "meaformer", "pcmea")
-    seeds: tuple[str, ...] = SEED_METHODS
+    seeds: tuple[str, ...] = DEFAULT_SEEDS
     supervised: bool = True
     protocols: tuple[str, ...] = ("legacy", "clean")
     clean_selection: str = "final"

@@ -94,6 +94,26 @@ def check_seed_files(config, out: Path, quality: dict | None = None) -> None:
             _check_reused(path, quality[method], config)
 
 
+def _check_ablations(config, pair, cfg) -> None:
+    """Refuse, before any seeds are made, an ablation (:data:`~psqe.reproduce.ABLATIONS`) that would make
+    PSQE's seeds again (its modality is absent or unweighted) or leave the generator no modality."""
+    from . import ABLATIONS
+
+    both = set(pair.kg1.features) & set(pair.kg2.features)
+    used = {m for m, w in cfg.weights.items() if w > 0 and m in both}
+    for method in config.seeds:
+        left_out = ABLATIONS.get(method)
+        if left_out is None:
+            continue
+        if left_out not in used:
+            raise ValueError(f"reproduce: seed set {method}: the seed generator reads no {left_out!r} modality on "
+                             f"{config.dataset} (it reads {', '.join(sorted(used))}), so {method} would be psqe's "
+                             "seeds again; leave it out of --seeds")
+        if used == {left_out}:
+            raise ValueError(f"reproduce: seed set {method}: {left_out!r} is the only modality the seed generator "
+                             f"reads on {config.dataset}; nothing is left without it")
+
+
 def make_seeds(config, pair, out: Path):
     """Every seed set of ``config`` (global ids), computed once and kept under ``out/seeds``.
 
@@ -105,6 +125,7 @@ def make_seeds(config, pair, out: Path):
     """
     from ..features import require_seed_slots
     from ..seeds.pipeline import baseline_seeds, generate_seeds, seed_quality
+    from . import ABLATIONS
 
     folder = out / "seeds"
     folder.mkdir(exist_ok=True)
@@ -116,6 +137,7 @@ def make_seeds(config, pair, out: Path):
     clusters_path = folder / "psqe_clusters.pt"
     clusters = torch.load(clusters_path) if clusters_path.exists() else None
     cfg = _psqe_config(config)
+    _check_ablations(config, pair, cfg)
     # PSQE first: its Stage I clusters enter every seed set's cluster balance.
     for method in sorted(config.seeds, key=lambda m: m != "psqe"):
         path = folder / f"{method}.tsv"
@@ -124,10 +146,13 @@ def make_seeds(config, pair, out: Path):
             continue
         require_seed_slots(pair, f"reproduce: the features of {config.dataset} ({config.features or 'built here'})")
         start = time.perf_counter()
-        if method == "psqe":
-            result = generate_seeds(pair.kg1, pair.kg2, cfg, links=pair.links)
-            seeds[method], clusters = result.seeds, result.clusters
-            atomic_write(clusters_path, lambda tmp: torch.save(clusters, tmp))
+        if method == "psqe" or method in ABLATIONS:
+            mine = cfg.replace(weights={m: w for m, w in cfg.weights.items() if m != ABLATIONS.get(method)})
+            result = generate_seeds(pair.kg1, pair.kg2, mine, links=pair.links)
+            seeds[method] = result.seeds
+            if method == "psqe":
+                clusters = result.clusters
+                atomic_write(clusters_path, lambda tmp: torch.save(clusters, tmp))
             stages = {name: {k: q.get(k) for k in ("count", "precision", "recall")} for name, q in result.quality.items()}
         else:
             seeds[method] = baseline_seeds(pair.kg1, pair.kg2, kinds[method], cfg)

@@ -14,7 +14,7 @@ from ..features._util import atomic_write
 from ..plot import grouped_bars_svg
 from ..seeds.compare import write_distribution_plot
 from ..align.metrics import PROTOCOLS
-from . import SUPERVISED, rows_to_csv
+from . import ABLATIONS, SUPERVISED, rows_to_csv
 
 COLUMNS = ["model", "seeds", "train_pairs", "legacy_hits@1", "legacy_hits@10", "legacy_mrr", "clean_hits@1",
            "clean_hits@10", "clean_mrr", "paper_hits@1", "paper_hits@10", "paper_mrr", "seconds"]
@@ -30,9 +30,10 @@ def _flat(cell: dict, paper: dict | None) -> dict:
             row[f"{protocol}_{metric}"] = cell.get(protocol, {}).get(metric, "")
         if "shared_run" not in cell.get(protocol, {}):  # one training run counted once
             row["seconds"] += cell.get(protocol, {}).get("seconds", 0.0)
-    which = {"uvp": "base", "psqe": "psqe"}.get(cell["seeds"])
-    if paper and which and cell["model"] in paper:
-        for metric, value in zip(("hits@1", "hits@10", "mrr"), paper[cell["model"]][which]):
+    which = {"uvp": "base", "multimodal": None}.get(cell["seeds"], cell["seeds"])  # the rest by their own name
+    numbers = (paper or {}).get(cell["model"], {}).get(which)
+    for metric, value in zip(("hits@1", "hits@10", "mrr"), numbers or ()):
+        if value is not None:
             row[f"paper_{metric}"] = value
     return row
 
@@ -72,7 +73,25 @@ def claims(cells: list[dict], quality: dict, protocols=("legacy",)) -> list[str]
                    f"(precision {q2['precision']:.3f} vs {q1['precision']:.3f}; "
                    + ", ".join(f"{k} {q2[k]:.3f} vs {q1[k]:.3f}" for k in spread) + ")")
     for protocol in protocols:
-        out += _h1_claims(cells, protocol)
+        out += _h1_claims(cells, protocol) + _ablation_claims(cells, protocol)
+    return out
+
+
+def _ablation_claims(cells: list[dict], protocol: str) -> list[str]:
+    """Table 3's claim for each model with PSQE's cell and PSQE-without-visual's: leaving the visual modality
+    out of the seed generator costs more H@1 than leaving out any other (each drop given)."""
+    out = []
+    by = {(c["model"], c["seeds"]): c.get(protocol, {}).get("hits@1") for c in cells}
+    for model in dict.fromkeys(c["model"] for c in cells):
+        full = by.get((model, "psqe"))
+        drops = {a: full - by[(model, a)] for a in ABLATIONS if full is not None and by.get((model, a)) is not None}
+        if "psqe-no-visual" not in drops:
+            continue
+        held = drops["psqe-no-visual"] > 0 and all(drops["psqe-no-visual"] > d for a, d in drops.items()
+                                                   if a != "psqe-no-visual")
+        out.append(f"{model}: PSQE without the visual modality loses the most H@1 ({protocol}): "
+                   f"{'held' if held else 'not held'} (PSQE {full:.3f}; "
+                   + ", ".join(f"{a} {full - d:.3f} ({_margin(-d)})" for a, d in drops.items()) + ")")
     return out
 
 
@@ -124,8 +143,10 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
     (:func:`~psqe.reproduce.cells.make_seeds`); ``paper``: the paper's table for the dataset
     (:func:`~psqe.reproduce.paper_entry`), or None."""
     table, paper = paper if paper else (None, None)
-    paper_text = (f"Paper columns: {table} ('base' beside uvp, '+PSQE' beside psqe; real images there, the offline "
-                  "stand-ins here: compare deltas)." if table else "The paper reports no numbers for this dataset.")
+    table3 = " and Table 3 beside the psqe-no-* rows (no H@10 there)" if any(
+        r in ABLATIONS for numbers in (paper or {}).values() for r in numbers) else ""
+    paper_text = (f"Paper columns: {table} ('base' beside uvp, '+PSQE' beside psqe){table3}; real images there, the "
+                  "offline stand-ins here: compare deltas." if table else "The paper reports no numbers for this dataset.")
     rows = [_flat(c, paper) for c in cells]
     protocols = [p for p in PROTOCOLS if any(p in c for c in cells)]  # those with at least one entry
     qrows = [{"seeds": m, **{k: q.get(k, "") for k in QUALITY}} for m, q in quality.items()]
@@ -151,4 +172,4 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
                            title=f"H@1 per aligner and seed set: {pair.name or config.dataset} {config.setting}", ylabel="H@1")
     atomic_write(out / "h1.svg", lambda tmp: Path(tmp).write_text(svg, encoding="utf-8"))
     if seeds:
-        write_distribution_plot(out / "seed_distribution.svg", pair, {_GENERATOR[m]: s for m, s in seeds.items()}, clusters)
+        write_distribution_plot(out / "seed_distribution.svg", pair, {_GENERATOR.get(m, m): s for m, s in seeds.items()}, clusters)
