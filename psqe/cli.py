@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--models", default="eva,mclea,meaformer,pcmea")
     rep.add_argument("--seeds", default="uvp,multimodal,psqe",
                      help="seed sets: uvp, multimodal, psqe (default), and for the paper's Table 3 psqe-no-visual, "
-                          "psqe-no-relation, psqe-no-attribute (PSQE without that modality)")
+                          "psqe-no-relation, psqe-no-attribute (PSQE without that modality), for its Table 6 psqe-fixed "
+                          "(PSQE cut to --budget seeds)")
     rep.add_argument("--no-supervised", action="store_true", help="skip the 30%%-gold reference row")
     rep.add_argument("--protocols", default="legacy,clean")
     rep.add_argument("--budget", type=int, default=None,

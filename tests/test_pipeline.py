@@ -95,3 +95,80 @@ def test_bad_input(pair):
         psqe.generate_seeds(kg1, odd, psqe.PSQEConfig(budget=10))
     with pytest.raises(ValueError, match="NaN/inf"):
         odd.set_feature("visual", torch.full((600, 7), float("nan")))
+
+
+def test_fixed_size_cuts_to_the_budget_keeping_cluster_shares(pair, caplog):
+    """fixed_size (Table 6): exactly `budget` of the full output, each Stage I cluster its share of it."""
+    import logging
+
+    from psqe.seeds.fixed_size import cluster_quotas
+
+    kg1, kg2, links = pair
+    full = psqe.generate_seeds(kg1, kg2, small_config(), links=links)
+    cut = psqe.generate_seeds(kg1, kg2, small_config(fixed_size=True), links=links)
+    before = full.seeds
+    assert before.shape[0] > 100 and cut.seeds.shape == (100, 2)
+    assert torch.equal(cut.stages["stage3"], before) and torch.equal(cut.stages["fixed_size"], cut.seeds)
+    rows = {tuple(r) for r in before.tolist()}
+    assert all(tuple(r) in rows for r in cut.seeds.tolist())
+    order = [tuple(r) for r in before.tolist()]  # the cut keeps the pipeline's order
+    assert [order.index(tuple(r)) for r in cut.seeds.tolist()] == sorted(order.index(tuple(r)) for r in cut.seeds.tolist())
+    labels1 = full.clusters[0]
+    cluster_of = lambda s: labels1[kg1.to_local(s[:, 0])]  # noqa: E731
+    k = int(labels1.max()) + 1
+    expected = cluster_quotas(torch.bincount(cluster_of(before), minlength=k), 100)
+    assert torch.equal(torch.bincount(cluster_of(cut.seeds), minlength=k), expected)
+    assert cut.quality["fixed_size"]["precision"] > 0.95  # measured 0.99 (0.994 before the cut)
+    # fewer seeds than the budget: all kept, and said
+    with caplog.at_level(logging.WARNING, logger="psqe"):
+        few = psqe.generate_seeds(kg1, kg2, small_config(fixed_size=True, use_stage2=False))
+    assert torch.equal(few.seeds, few.stages["stage1"]) and few.seeds.shape[0] < 100
+    assert f"fixed_size: PSQE made {few.seeds.shape[0]} seeds, fewer than the budget 100; all are kept" in caplog.text
+
+
+def test_keep_budget_against_brute_force():
+    from psqe.seeds.fixed_size import cluster_quotas, keep_budget
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(30):
+        s = int(torch.randint(1, 60, (1,), generator=g))
+        cluster = torch.randint(0, 5, (s,), generator=g)
+        score = torch.randint(0, 8, (s,), generator=g).float()  # many ties
+        budget = int(torch.randint(0, s + 1, (1,), generator=g))
+        kept = keep_budget(score, cluster, budget)
+        assert kept.numel() == budget and torch.equal(kept, kept.sort().values) and kept.unique().numel() == budget
+        counts = torch.bincount(cluster)
+        quotas = cluster_quotas(counts, budget)
+        assert int(quotas.sum()) == budget and bool((quotas <= counts).all())
+        # largest remainder: every quota is its exact share rounded down or up
+        share = counts.double() * budget / s
+        assert bool((quotas >= share.floor()).all()) and bool((quotas <= share.floor() + 1).all())
+        for c in range(counts.numel()):
+            members = (cluster == c).nonzero().squeeze(1).tolist()
+            mine = [i for i in kept.tolist() if i in members]
+            assert len(mine) == int(quotas[c])
+            # brute force: the quota best by (score desc, index asc)
+            best = sorted(members, key=lambda i: (-float(score[i]), i))[: int(quotas[c])]
+            assert sorted(best) == mine
+    with pytest.raises(ValueError, match=r"budget must be in \[0, 3\]"):
+        cluster_quotas(torch.tensor([1, 2]), 4)
+    with pytest.raises(ValueError, match="score and cluster must be"):
+        keep_budget(torch.zeros(3), torch.zeros(4, dtype=torch.long), 1)
+
+
+def test_fixed_size_scores_by_the_weighted_cosines():
+    """The cut's agreement score is the fused inner product, i.e. the weight-squared sum of per-modality cosines."""
+    from psqe.seeds.fixed_size import keep_budget
+    from psqe.seeds.pipeline import _fixed_size
+
+    g = torch.Generator().manual_seed(0)
+    t1 = {m: torch.randn(40, d, generator=g) for m, d in (("visual", 6), ("relation", 3))}
+    t2 = {m: torch.randn(40, d, generator=g) for m, d in (("visual", 6), ("relation", 3))}
+    w = {"visual": 0.8, "relation": 0.2}
+    seeds = torch.stack([torch.randperm(40, generator=g)[:30], torch.randperm(40, generator=g)[:30]], 1)
+    labels1 = torch.randint(0, 3, (40,), generator=g)
+    cos = torch.nn.functional.cosine_similarity
+    score = sum(w[m] ** 2 * cos(t1[m][seeds[:, 0]], t2[m][seeds[:, 1]]) for m in w)
+    expected = seeds[keep_budget(score, labels1[seeds[:, 0]], 11)]
+    assert torch.equal(_fixed_size(seeds, (t1, t2), w, labels1, 11), expected)
+    assert torch.equal(_fixed_size(seeds, (t1, t2), w, labels1, 30), seeds)

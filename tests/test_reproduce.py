@@ -636,3 +636,42 @@ def test_report_sets_table_3_beside_ja_en_ablations(tmp_path):
     assert rows["psqe-no-visual"].endswith("| 0.668 |  | 0.735 | 0.000 |") and rows["psqe"].endswith("| 0.879 | 0.964 | 0.911 | 0.000 |")
     assert ("mclea: PSQE without the visual modality loses the most H@1 (legacy): held "
             "(PSQE 0.450; psqe-no-visual 0.300 (-0.150))") in table
+
+
+def test_fixed_size_seed_set(dataset, tmp_path):
+    """Table 6's seed set: PSQE cut to the budget, trained and claimed against Type I like PSQE's."""
+    from psqe.seeds.config import PSQEConfig
+    from psqe.seeds.io import read_seeds
+    from psqe.seeds.pipeline import generate_seeds
+
+    folder, features, pair = dataset
+    out = tmp_path / "fixed"
+    assert main(["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(out), "--models",
+                 "eva", "--budget", "150", "--epochs", "10", "--psqe-epochs", "5", "--seed", "0", "--no-supervised",
+                 "--protocols", "legacy", "--seeds", "uvp,psqe,psqe-fixed"]) == 0
+    cfg = PSQEConfig(budget=150, seed=0, fixed_size=True).replace(tuning={"epochs": 5})
+    expected = generate_seeds(pair.kg1, pair.kg2, cfg, links=pair.links)
+    fixed, full = read_seeds(out / "seeds" / "psqe-fixed.tsv"), read_seeds(out / "seeds" / "psqe.tsv")
+    assert full.shape[0] > 150 and fixed.shape == (150, 2) and torch.equal(fixed, expected.seeds)
+    quality = json.loads((out / "seeds" / "quality.json").read_text())
+    assert quality["psqe-fixed"]["count"] == 150 and "fixed_size" in quality["psqe-fixed"]["stages"]
+    h1 = {p.stem.split("__")[1]: json.loads(p.read_text())["legacy"]["hits@1"] for p in (out / "cells").glob("*.json")}
+    table = (out / "table.md").read_text()
+    assert (f"eva: PSQE seeds cut to the budget (psqe-fixed) give the best H@1 (legacy): "
+            f"{'held' if h1['psqe-fixed'] > h1['uvp'] else 'not held'} (PSQE {h1['psqe-fixed']:.3f}; uvp {h1['uvp']:.3f}") in table
+
+
+def test_report_sets_table_6_beside_meaformer_fixed(tmp_path):
+    from types import SimpleNamespace
+
+    from psqe.reproduce import ReproduceConfig, paper_entry
+    from psqe.reproduce.report import write_report
+
+    assert "psqe-fixed" not in paper_entry("DBP15K/zh_en")[1]["eva"] and paper_entry("DWY15K/V1")[0] == "Table 2"
+    config = ReproduceConfig("DBP15K/zh_en", models=("meaformer",), seeds=("psqe-fixed",), protocols=("legacy",))
+    cells = [{"model": "meaformer", "seeds": "psqe-fixed", "train_pairs": 1000,
+              "legacy": {"hits@1": 0.5, "hits@10": 0.9, "mrr": 0.6}}]
+    write_report(tmp_path, config, SimpleNamespace(name="DBP15K/zh_en"), cells, {}, None, {}, paper_entry(config.dataset))
+    table = (tmp_path / "table.md").read_text()
+    assert "Paper columns: Table 1 ('base' beside uvp, '+PSQE' beside psqe) and Table 6 beside psqe-fixed (H@1 only)" in table
+    assert "| meaformer | psqe-fixed | 1000 | 0.500 | 0.900 | 0.600 |  |  |  | 0.842 |  |  | 0.000 |" in table

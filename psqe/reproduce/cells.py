@@ -125,7 +125,7 @@ def make_seeds(config, pair, out: Path):
     """
     from ..features import require_seed_slots
     from ..seeds.pipeline import baseline_seeds, generate_seeds, seed_quality
-    from . import ABLATIONS
+    from . import ABLATIONS, FIXED
 
     folder = out / "seeds"
     folder.mkdir(exist_ok=True)
@@ -146,8 +146,9 @@ def make_seeds(config, pair, out: Path):
             continue
         require_seed_slots(pair, f"reproduce: the features of {config.dataset} ({config.features or 'built here'})")
         start = time.perf_counter()
-        if method == "psqe" or method in ABLATIONS:
-            mine = cfg.replace(weights={m: w for m, w in cfg.weights.items() if m != ABLATIONS.get(method)})
+        if method in ("psqe", FIXED) or method in ABLATIONS:
+            mine = cfg.replace(weights={m: w for m, w in cfg.weights.items() if m != ABLATIONS.get(method)},
+                               fixed_size=method == FIXED)
             result = generate_seeds(pair.kg1, pair.kg2, mine, links=pair.links)
             seeds[method] = result.seeds
             if method == "psqe":

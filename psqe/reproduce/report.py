@@ -14,7 +14,7 @@ from ..features._util import atomic_write
 from ..plot import grouped_bars_svg
 from ..seeds.compare import write_distribution_plot
 from ..align.metrics import PROTOCOLS
-from . import ABLATIONS, SUPERVISED, rows_to_csv
+from . import ABLATIONS, FIXED, SUPERVISED, rows_to_csv
 
 COLUMNS = ["model", "seeds", "train_pairs", "legacy_hits@1", "legacy_hits@10", "legacy_mrr", "clean_hits@1",
            "clean_hits@10", "clean_mrr", "paper_hits@1", "paper_hits@10", "paper_mrr", "seconds"]
@@ -99,15 +99,16 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
     out = []
     by = {(c["model"], c["seeds"]): c.get(protocol, {}).get("hits@1") for c in cells}
     for model in dict.fromkeys(c["model"] for c in cells):
-        ours = by.get((model, "psqe"))
-        others = {s: by[(model, s)] for s in ("uvp", "multimodal") if by.get((model, s)) is not None}
-        if ours is None or not others:
-            continue
-        held = all(ours > v for v in others.values())
-        queries = next(c.get(protocol, {}).get("queries") for c in cells if (c["model"], c["seeds"]) == (model, "psqe"))
-        out.append(f"{model}: PSQE seeds give the best H@1 ({protocol}): {'held' if held else 'not held'} "
-                   f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)}{_in_links(ours - v, queries)})"
-                                                     for s, v in others.items()) + ")")
+        for method, what in (("psqe", "PSQE seeds give"), (FIXED, f"PSQE seeds cut to the budget ({FIXED}) give")):
+            ours = by.get((model, method))
+            others = {s: by[(model, s)] for s in ("uvp", "multimodal") if by.get((model, s)) is not None}
+            if ours is None or not others:
+                continue
+            held = all(ours > v for v in others.values())
+            queries = next(c.get(protocol, {}).get("queries") for c in cells if (c["model"], c["seeds"]) == (model, method))
+            out.append(f"{model}: {what} the best H@1 ({protocol}): {'held' if held else 'not held'} "
+                       f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)}{_in_links(ours - v, queries)})"
+                                                         for s, v in others.items()) + ")")
     return out
 
 
@@ -143,9 +144,11 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
     (:func:`~psqe.reproduce.cells.make_seeds`); ``paper``: the paper's table for the dataset
     (:func:`~psqe.reproduce.paper_entry`), or None."""
     table, paper = paper if paper else (None, None)
-    table3 = " and Table 3 beside the psqe-no-* rows (no H@10 there)" if any(
-        r in ABLATIONS for numbers in (paper or {}).values() for r in numbers) else ""
-    paper_text = (f"Paper columns: {table} ('base' beside uvp, '+PSQE' beside psqe){table3}; real images there, the "
+    rows_of = {r for numbers in (paper or {}).values() for r in numbers}
+    extra = "".join(text for present, text in (
+        (bool(rows_of & set(ABLATIONS)), " and Table 3 beside the psqe-no-* rows (no H@10 there)"),
+        (FIXED in rows_of, f" and Table 6 beside {FIXED} (H@1 only)")) if present)
+    paper_text = (f"Paper columns: {table} ('base' beside uvp, '+PSQE' beside psqe){extra}; real images there, the "
                   "offline stand-ins here: compare deltas." if table else "The paper reports no numbers for this dataset.")
     rows = [_flat(c, paper) for c in cells]
     protocols = [p for p in PROTOCOLS if any(p in c for c in cells)]  # those with at least one entry

@@ -115,6 +115,9 @@ class PSQEConfig:
         stage1_similarity: ``"fused"`` (paper) or ``"raw_relation_attribute"`` (script).
         tuning: Stage II training settings (300 epochs, lr 0.01, batch 2000, ...).
         use_stage2, use_stage3, use_mic: ablation switches.
+        fixed_size: keep exactly ``budget`` seeds when PSQE makes more (the paper's
+            Table 6; :mod:`psqe.seeds.fixed_size` says how they are chosen); when it
+            makes fewer, all are kept and a warning says so.
         mic_both_directions: also require the column maximum in MIC.
         eta: Stage III safety threshold (0.8).
         stage3_schedule: ``"paper"`` or ``"script"``.
@@ -134,6 +137,7 @@ class PSQEConfig:
     use_stage2: bool = True
     use_stage3: bool = True
     use_mic: bool = True
+    fixed_size: bool = False
     mic_both_directions: bool = False
     eta: float = 0.8
     stage3_schedule: str = "paper"

@@ -3,7 +3,7 @@
 Data flow: two :class:`~psqe.data.KnowledgeGraph` objects with features ->
 Stage I (fusion, K-means, per-cluster greedy) -> Stage II (contrastive
 tuning, global sampling, MIC) -> Stage III (neighbourhood expansion,
-recheck) -> seeds as global ids. Every stage works on local indices
+recheck) -> (with ``fixed_size``, the cut to ``budget`` seeds) -> seeds as global ids. Every stage works on local indices
 ``(kg1 entity, kg2 entity)``; only the result speaks global ids.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from ..data.kg import KGPair, KnowledgeGraph
 from . import metrics
 from .config import PSQEConfig
+from .fixed_size import keep_budget
 from .fusion import active_weights, fuse
 from .mic import mic_filter
 from .stage1 import stage1
@@ -94,6 +95,7 @@ def generate_seeds(
     stages: dict[str, torch.Tensor] = {}
 
     start = time.perf_counter()
+    agree = (t1, t2)  # whose fused vectors score a seed's agreement for fixed_size (Stage II's when it runs)
     sim1 = sim2 = None
     if cfg.stage1_similarity == "raw_relation_attribute":
         raw = [m for m in ("relation", "attribute") if m in t1]
@@ -117,6 +119,7 @@ def generate_seeds(
         tuned = tune(pair_features, edge_index, pair_seeds, tuning)
         tuned1 = {m: h[:n1] for m, h in tuned.items()}
         tuned2 = {m: h[n1:] for m, h in tuned.items()}
+        agree = (tuned1, tuned2)
         stages["stage2_tuned_global"] = glob = greedy_seeds(fuse(tuned1, w), fuse(tuned2, w), cfg.budget, cfg.candidates_k).cpu()
         current = _append_unused(current, glob)
         stages["stage2_before_mic"] = current
@@ -136,12 +139,31 @@ def generate_seeds(
             stages["stage3"] = current
             result.timings["stage3"] = time.perf_counter() - start
 
+    if cfg.fixed_size:
+        current = _fixed_size(current, agree, w, result.clusters[0], cfg.budget)
+        stages["fixed_size"] = current
     result.stages = {name: _to_global(s, kg1, kg2) for name, s in stages.items()}
     result.seeds = _to_global(current, kg1, kg2)
     if links is not None:
         result.quality = {name: _quality(s, pair, result.clusters) for name, s in stages.items()}
     log.info("PSQE: %d seeds; timings %s", result.seeds.shape[0], {k: round(v, 2) for k, v in result.timings.items()})
     return result
+
+
+def _fixed_size(seeds: torch.Tensor, tables: tuple[dict, dict], w: dict[str, float], labels1: torch.Tensor,
+                budget: int) -> torch.Tensor:
+    """``seeds`` (local) cut to ``budget`` by :func:`~psqe.seeds.fixed_size.keep_budget`: agreement is the
+    inner product of the two entities' fused ``tables``, clusters are Stage I's labels of the kg1 entities."""
+    if seeds.shape[0] <= budget:
+        if seeds.shape[0] < budget:
+            log.warning("fixed_size: PSQE made %d seeds, fewer than the budget %d; all are kept", seeds.shape[0], budget)
+        return seeds
+    left, right = (fuse({m: t[m][idx.to(t[m].device)] for m in w}, w).cpu()
+                   for t, idx in zip(tables, (seeds[:, 0], seeds[:, 1])))
+    kept = keep_budget((left * right).sum(1), labels1.cpu()[seeds[:, 0]], budget)
+    log.info("fixed_size: kept %d of %d seeds (each Stage I cluster its share, the best agreeing first)",
+             budget, seeds.shape[0])
+    return seeds[kept]
 
 
 def baseline_seeds(kg1: KnowledgeGraph, kg2: KnowledgeGraph, kind: str, config: PSQEConfig | None = None) -> torch.Tensor:
