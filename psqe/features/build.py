@@ -77,6 +77,27 @@ def entity_names(pair, names: Mapping[int, str | Sequence[str]] | None = None) -
     return out[0], out[1]
 
 
+def simulation_config(simulation: SimulationConfig | Mapping[str, Any] | None, pair_name: str | None) -> SimulationConfig:
+    """The R2 simulation's config: ``simulation`` as given, a dict without ``budget`` (or None) calibrated
+    at the paper's seed budget for ``pair_name``.
+
+    >>> simulation_config(None, "DWY15K/dbp_wd_15k_V1").budget, simulation_config({"coverage": 0.5}, "DBP15K/ja_en").budget
+    (5000, 1000)
+    >>> simulation_config({"budget": 300}, "DWY15K/dbp_wd_15k_V1").budget
+    300
+    """
+    from ..seeds.config import paper_budget
+
+    if isinstance(simulation, SimulationConfig):
+        return simulation
+    fields = dict(simulation or {})
+    if "budget" not in fields:
+        fields["budget"] = paper_budget(pair_name or "")
+        log.info("simulated visual modality: calibrated at %d Type I seeds, the paper's seed budget for %s",
+                 fields["budget"], pair_name or "this pair")
+    return SimulationConfig(**fields)
+
+
 def _coverage(present: torch.Tensor) -> float:
     return round(float(present.float().mean()), 4) if present.numel() else 0.0
 
@@ -114,7 +135,10 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         char_hash_dim: hash bigrams into this many columns instead of the vocabulary.
         bags: attach EVA's ``"relation_bag"`` / ``"attribute_bag"`` (top ``bag_top``).
         noise_scale: R2: use this noise scale instead of calibrating.
-        simulation: R2: a :class:`SimulationConfig` or a dict of its fields.
+        simulation: R2: a :class:`SimulationConfig` or a dict of its fields. Where a dict
+            (or None) sets no ``budget``, the calibration's budget is the paper's seed budget
+            for the pair (:func:`psqe.seeds.config.paper_budget`: 5000 on DWY15K, else 1000),
+            so that Type I seeds *at the budget PSQE gets* reach the target precision.
         text: False: no text encoder (none is loaded): the seed generator's
             ``relation`` / ``attribute`` slots are left out (listed under
             ``absent``), which leaves the aligners' inputs (``visual``, the
@@ -181,7 +205,7 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         _attach(pair, "visual", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
                 "R1: text embedding of the entity name (names as pivot)")
     elif setting == "R2":
-        cfg = simulation if isinstance(simulation, SimulationConfig) else SimulationConfig(**(simulation or {}))
+        cfg = simulation_config(simulation, pair.name)
         sim = simulate_visual(pair, seed=seed, noise_scale=noise_scale, device=device, config=cfg, progress=progress)
         _attach(pair, "visual", [(sim.features1, sim.present1), (sim.features2, sim.present2)], summary,
                 "R2: SIMULATED visual modality (uses gold links)")
