@@ -658,7 +658,7 @@ def test_fixed_size_seed_set(dataset, tmp_path):
     h1 = {p.stem.split("__")[1]: json.loads(p.read_text())["legacy"]["hits@1"] for p in (out / "cells").glob("*.json")}
     table = (out / "table.md").read_text()
     assert (f"eva: PSQE seeds cut to the budget (psqe-fixed) give the best H@1 (legacy): "
-            f"{'held' if h1['psqe-fixed'] > h1['uvp'] else 'not held'} (PSQE {h1['psqe-fixed']:.3f}; uvp {h1['uvp']:.3f}") in table
+            f"{'held' if h1['psqe-fixed'] > h1['uvp'] else 'not held'} (psqe-fixed {h1['psqe-fixed']:.3f}; uvp {h1['uvp']:.3f}") in table
 
 
 def test_report_sets_table_6_beside_meaformer_fixed(tmp_path):

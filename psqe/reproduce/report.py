@@ -107,7 +107,7 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
             held = all(ours > v for v in others.values())
             queries = next(c.get(protocol, {}).get("queries") for c in cells if (c["model"], c["seeds"]) == (model, method))
             out.append(f"{model}: {what} the best H@1 ({protocol}): {'held' if held else 'not held'} "
-                       f"(PSQE {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)}{_in_links(ours - v, queries)})"
+                       f"({'PSQE' if method == 'psqe' else method} {ours:.3f}; " + ", ".join(f"{s} {v:.3f} ({_margin(ours - v)}{_in_links(ours - v, queries)})"
                                                          for s, v in others.items()) + ")")
     return out
 
