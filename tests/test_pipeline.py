@@ -118,7 +118,8 @@ def test_fixed_size_cuts_to_the_budget_keeping_cluster_shares(pair, caplog):
     k = int(labels1.max()) + 1
     expected = cluster_quotas(torch.bincount(cluster_of(before), minlength=k), 100)
     assert torch.equal(torch.bincount(cluster_of(cut.seeds), minlength=k), expected)
-    assert cut.quality["fixed_size"]["precision"] > 0.95  # measured 0.99 (0.994 before the cut)
+    # the dropped pairs are the less certain ones (measured: 1.0 after the cut, 0.994 before it)
+    assert cut.quality["fixed_size"]["precision"] > full.quality["stage3"]["precision"]
     # fewer seeds than the budget: all kept, and said
     with caplog.at_level(logging.WARNING, logger="psqe"):
         few = psqe.generate_seeds(kg1, kg2, small_config(fixed_size=True, use_stage2=False))

@@ -5,9 +5,13 @@ about 2,000 (the paper; about 4,000 here in R1). To ask whether its seeds
 are *better* and not only *more*, the paper also compares at a fixed size.
 It does not say how the seeds are cut, so this module makes one choice and
 says it: keep each Stage I cluster's share of the output (largest remainder,
-ties to the lower cluster), and within a cluster the pairs whose fused
-vectors (Stage II's tuned ones when it ran) agree best. So the cut keeps
-PSQE's coverage of the graph and drops its least certain pairs.
+ties to the lower cluster), and within a cluster the pairs whose original
+fused vectors (the ones MIC checks) agree best. So the cut keeps PSQE's
+coverage of the graph and drops its least certain pairs. Not Stage II's
+tuned vectors: they are trained to pull Stage I's pairs together, right or
+wrong, so their agreement ranks those pairs first. Measured on DBP15K zh_en
+R1 (budget 1000, 4,011 seeds at precision 0.820): cut on the tuned vectors,
+the 1,000 kept were 0.680 precise.
 
 >>> import torch
 >>> from psqe.seeds.fixed_size import keep_budget

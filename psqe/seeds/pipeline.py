@@ -95,7 +95,6 @@ def generate_seeds(
     stages: dict[str, torch.Tensor] = {}
 
     start = time.perf_counter()
-    agree = (t1, t2)  # whose fused vectors score a seed's agreement for fixed_size (Stage II's when it runs)
     sim1 = sim2 = None
     if cfg.stage1_similarity == "raw_relation_attribute":
         raw = [m for m in ("relation", "attribute") if m in t1]
@@ -119,7 +118,6 @@ def generate_seeds(
         tuned = tune(pair_features, edge_index, pair_seeds, tuning)
         tuned1 = {m: h[:n1] for m, h in tuned.items()}
         tuned2 = {m: h[n1:] for m, h in tuned.items()}
-        agree = (tuned1, tuned2)
         stages["stage2_tuned_global"] = glob = greedy_seeds(fuse(tuned1, w), fuse(tuned2, w), cfg.budget, cfg.candidates_k).cpu()
         current = _append_unused(current, glob)
         stages["stage2_before_mic"] = current
@@ -140,7 +138,7 @@ def generate_seeds(
             result.timings["stage3"] = time.perf_counter() - start
 
     if cfg.fixed_size:
-        current = _fixed_size(current, agree, w, result.clusters[0], cfg.budget)
+        current = _fixed_size(current, (t1, t2), w, result.clusters[0], cfg.budget)
         stages["fixed_size"] = current
     result.stages = {name: _to_global(s, kg1, kg2) for name, s in stages.items()}
     result.seeds = _to_global(current, kg1, kg2)
