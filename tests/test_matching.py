@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from psqe import _reference
-from psqe.matching import greedy_one_to_one
+from psqe.matching import greedy_one_to_one, snap
 from conftest import integer_features
 
 
@@ -35,8 +35,26 @@ def test_matches_the_scripts_selection_on_planted_features():
     perm = torch.randperm(1500, generator=g)
     b = torch.nn.functional.normalize(a[perm] + 0.6 * torch.randn(1500, 64, generator=g), dim=1)
     res = greedy_one_to_one(a, b, limit=500, k=10)
-    script = _reference.script_greedy(a @ b.T, 500)
+    # the script's walk on the scores snapped to the tie grid (scores within ~1e-6 tie; ties go by (i, j))
+    script = _reference.script_greedy(snap(a @ b.T), 500)
     assert res.exact and list(zip(res.rows.tolist(), res.cols.tolist())) == script
+    # on these features some candidates are within 1e-6 of each other: unsnapped, the order differs
+    assert _reference.script_greedy(a @ b.T, 500) != script
+
+
+def test_near_ties_go_by_index_whatever_the_rounding():
+    """Identical vectors score equal but for rounding, which depends on the kernel and the thread count: the
+    walk takes them by (i, j), as PSQE-SPEC asks, not by the rounding noise."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(300, 32, generator=g), dim=1)
+    perm = torch.randperm(300, generator=g)
+    b = a[perm].clone()
+    inverse = torch.argsort(perm)  # a[i] == b[inverse[i]]
+    expected = [(i, int(inverse[i])) for i in range(100)]  # all 300 pairs score 1: the 100 smallest rows win
+    for trial in range(3):
+        noisy = b * (1 + 1e-7 * torch.randn(300, 1, generator=g))  # what another rounding order could give
+        res = greedy_one_to_one(a, noisy, limit=100, k=4)
+        assert list(zip(res.rows.tolist(), res.cols.tolist())) == expected, trial
 
 
 def test_small_k_is_detected_and_widened():

@@ -7,11 +7,16 @@ It does not say how the seeds are cut, so this module makes one choice and
 says it: keep each Stage I cluster's share of the output (largest remainder,
 ties to the lower cluster), and within a cluster the pairs whose original
 fused vectors (the ones MIC checks) agree best. So the cut keeps PSQE's
-coverage of the graph and drops its least certain pairs. Not Stage II's
-tuned vectors: they are trained to pull Stage I's pairs together, right or
-wrong, so their agreement ranks those pairs first. Measured on DBP15K zh_en
-R1 (budget 1000, 4,011 seeds at precision 0.820): cut on the tuned vectors,
-the 1,000 kept were 0.680 precise.
+coverage of the graph and drops the pairs the features agree on least. Not
+Stage II's tuned vectors: they are trained to pull Stage I's pairs together,
+right or wrong, so their agreement ranks those pairs first.
+
+Measured, and a caveat: on DBP15K zh_en R1 (budget 1000; 4,011 seeds at
+precision 0.820) the 1,000 kept were 0.542 precise (0.680 cut on the tuned
+vectors). There the fused features are a weak signal (Type II, greedy on
+them, is 0.512 precise), while Stage III's additions, which they rank low,
+are the most precise part of the output. A better confidence for the cut is
+open (bench/results/README.md, stop 28).
 
 >>> import torch
 >>> from psqe.seeds.fixed_size import keep_budget
