@@ -129,7 +129,7 @@ def make_seeds(config, pair, out: Path):
 
     folder = out / "seeds"
     folder.mkdir(exist_ok=True)
-    kinds = {"uvp": "type1", "multimodal": "type2", "psqe": "psqe"}
+    kinds = {"uvp": "type1", "multimodal": "type2"}  # the baselines; every other set is PSQE's generator
     quality_path = folder / "quality.json"
     quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     check_seed_files(config, out, quality)

@@ -99,9 +99,9 @@ def _h1_claims(cells: list[dict], protocol: str) -> list[str]:
     out = []
     by = {(c["model"], c["seeds"]): c.get(protocol, {}).get("hits@1") for c in cells}
     for model in dict.fromkeys(c["model"] for c in cells):
+        others = {s: by[(model, s)] for s in ("uvp", "multimodal") if by.get((model, s)) is not None}
         for method, what in (("psqe", "PSQE seeds give"), (FIXED, f"PSQE seeds cut to the budget ({FIXED}) give")):
             ours = by.get((model, method))
-            others = {s: by[(model, s)] for s in ("uvp", "multimodal") if by.get((model, s)) is not None}
             if ours is None or not others:
                 continue
             held = all(ours > v for v in others.values())
