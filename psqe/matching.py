@@ -7,13 +7,17 @@ over the free rows x free columns), walked by
 :func:`psqe.ops.greedy_match`. The result equals the dense greedy walk unless
 some entity's candidate list "ran out"; that is detected and ``k`` doubled.
 
-Why the check is sound: the dense walk can first differ from the sparse one
-only at a pair ``(i, j)`` outside the candidates, ranked below all of row
-``i``'s ``k`` candidates, reached while ``i`` is still free — so by then all of
-``i``'s candidate columns were taken by others (likewise for ``j``), and that
-happened before the walk stopped. :func:`greedy_one_to_one` flags every entity
-for which this may have happened (conservatively) and widens ``k`` until none
-is left or ``k`` covers the whole side.
+Why the check is sound: each list is fetched one longer than ``k``; the extra,
+``(k+1)``-th score is a sentinel that every left-out partner scores at most
+(after the snap below), and candidates that tie it are dropped too, so a list
+holds *every* partner that ranks above the sentinel. The dense walk can then
+first differ from the sparse one only at a pair ``(i, j)`` outside the
+candidates, ranked below all of row ``i``'s candidates, reached while ``i`` is
+still free — so by then all of ``i``'s candidate columns were taken by others
+(likewise for ``j``), and that happened before the walk stopped.
+:func:`greedy_one_to_one` flags every entity for which this may have happened
+(conservatively) and widens ``k`` until none is left or the lists cover the
+whole side.
 
 Ties: PSQE-SPEC breaks them by ``(i, j)`` ascending. Identical vectors
 (entities with the same name, in R1) have inner products that differ only by
@@ -90,32 +94,40 @@ def _free_mask(size: int, used: torch.Tensor | None, device: torch.device) -> to
     return free
 
 
+def _trim(values: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which fetched candidates a list keeps, and its sentinel (None: the list holds every partner).
+
+    ``values`` are ``[owners, w]`` snapped scores, sorted descending, of the ``w = min(k + 1, total)``
+    best partners. Unless that is all ``total`` of them, the last is the sentinel: the snap can make a
+    left-out partner tie it, so everything that ties it goes too and the kept candidates are exactly the
+    partners that rank above it (module docstring).
+    """
+    if values.shape[1] >= total or values.shape[0] == 0:
+        return torch.ones_like(values, dtype=torch.bool), None
+    sentinel = values[:, -1]
+    return values > sentinel.unsqueeze(1), sentinel
+
+
 def _at_risk(
     lists: torch.Tensor,
-    values: torch.Tensor,
+    keep: torch.Tensor,
+    sentinel: torch.Tensor | None,
     owners: torch.Tensor,
     partner_of_owner: torch.Tensor,
     other_taken: torch.Tensor,
-    truncated: bool,
-    stop: tuple[float, int, int] | None,
-    owner_is_row: bool,
+    stop: float | None,
 ) -> int:
     """How many owners' candidate lists may have run out before the walk stopped."""
-    if not truncated or lists.numel() == 0:
+    if sentinel is None:
         return 0
     # Matched to one of its own candidates: a free candidate existed until then.
-    own_hit = (lists == partner_of_owner[owners].unsqueeze(1)).any(dim=1)
-    all_taken = other_taken[lists].all(dim=1)
+    own_hit = ((lists == partner_of_owner[owners].unsqueeze(1)) & keep).any(dim=1)
+    all_taken = (other_taken[lists] | ~keep).all(dim=1)
     risk = ~own_hit & all_taken
     if stop is not None:
-        # Only lists whose worst candidate ranks before the pair the walk
-        # stopped at matter: anything below it is never reached.
-        s, r, c = stop
-        worst_v, worst_other = values[:, -1], lists[:, -1]
-        row = owners if owner_is_row else worst_other
-        col = worst_other if owner_is_row else owners
-        before = (worst_v > s) | ((worst_v == s) & ((row < r) | ((row == r) & (col < c))))
-        risk &= before
+        # A left-out partner scores at most the sentinel: a list whose sentinel is below the score the walk
+        # stopped at was never exhausted in time (at equal scores the (i, j) order may go either way).
+        risk &= sentinel >= stop
     return int(risk.sum())
 
 
@@ -153,18 +165,19 @@ def greedy_one_to_one(
     n_free_r, n_free_c = free_r.numel(), free_c.numel()
     a_free, b_free = a[free_r], b[free_c]
     while True:
-        kk = min(k, ops.MAX_TOPK)
-        kr, kc = min(kk, n_free_c), min(kk, n_free_r)
+        fetch = min(k + 1, ops.MAX_TOPK)  # k candidates and the sentinel (see _trim)
         if n_free_r and n_free_c:  # one pass over the free rows x free columns gives both directions
-            vr, ir, vc, ic = ops.topk_similarity_both(a_free, b_free, kk)
+            vr, ir, vc, ic = ops.topk_similarity_both(a_free, b_free, fetch)
             vr, vc = snap(vr), snap(vc)  # still sorted: rounding keeps the order, and makes near-ties ties
             ir, ic = free_c[ir], free_r[ic]  # sorted index maps: ties still go to the smaller index
         else:
             vr, vc = a.new_empty(n_free_r, 0, dtype=torch.float32), a.new_empty(n_free_c, 0, dtype=torch.float32)
             ir, ic = vr.long(), vc.long()
-        scores = torch.cat([vr.reshape(-1), vc.reshape(-1)])
-        rows = torch.cat([free_r.repeat_interleave(ir.shape[1]), ic.reshape(-1)])
-        cols = torch.cat([ir.reshape(-1), free_c.repeat_interleave(ic.shape[1])])
+        keep_r, sentinel_r = _trim(vr, n_free_c)
+        keep_c, sentinel_c = _trim(vc, n_free_r)
+        scores = torch.cat([vr[keep_r], vc[keep_c]])
+        rows = torch.cat([free_r.unsqueeze(1).expand_as(ir)[keep_r], ic[keep_c]])
+        cols = torch.cat([ir[keep_r], free_c.unsqueeze(1).expand_as(ic)[keep_c]])
         pos = ops.greedy_match(scores, rows, cols, limit)
         sel_r, sel_c, sel_s = rows[pos], cols[pos], scores[pos]
 
@@ -172,12 +185,10 @@ def greedy_one_to_one(
         col_partner = torch.full((m,), -1, dtype=torch.long, device=device)
         row_partner[sel_r], col_partner[sel_c] = sel_c, sel_r
         row_taken, col_taken = ~row_free | (row_partner >= 0), ~col_free | (col_partner >= 0)
-        stop = None
-        if limit is not None and pos.numel() == limit and limit > 0:
-            stop = (float(sel_s[-1]), int(sel_r[-1]), int(sel_c[-1]))
-        risk_r = _at_risk(ir, vr, free_r, row_partner, col_taken, kr < n_free_c, stop, True)
-        risk_c = _at_risk(ic, vc, free_c, col_partner, row_taken, kc < n_free_r, stop, False)
-        complete = kr >= n_free_c and kc >= n_free_r
+        stop = float(sel_s[-1]) if limit is not None and pos.numel() == limit and limit > 0 else None
+        risk_r = _at_risk(ir, keep_r, sentinel_r, free_r, row_partner, col_taken, stop)
+        risk_c = _at_risk(ic, keep_c, sentinel_c, free_c, col_partner, row_taken, stop)
+        complete = sentinel_r is None and sentinel_c is None
         if (risk_r == 0 and risk_c == 0) or not widen or complete or k >= ops.MAX_TOPK:
             break
         log.debug("greedy_one_to_one: %d + %d candidate lists ran out at k=%d; widening", risk_r, risk_c, k)

@@ -10,8 +10,9 @@ from conftest import integer_features
 
 
 def dense_greedy(a, b, limit=None, used_rows=None, used_cols=None):
-    """Greedy walk over every pair of the dense similarity (exact on integer inputs)."""
-    sim = a @ b.T
+    """Greedy walk over every pair of the dense similarity, snapped to the tie grid as greedy_one_to_one
+    walks it (a no-op on integer inputs)."""
+    sim = snap(a @ b.T)
     n, m = sim.shape
     rows = torch.arange(n).repeat_interleave(m)
     cols = torch.arange(m).repeat(n)
@@ -77,6 +78,44 @@ def test_exact_flag_is_never_wrong(seed):
             if res.exact:
                 r, c = dense_greedy(a, b, limit)
                 assert torch.equal(res.rows, r) and torch.equal(res.cols, c), (k, limit)
+
+
+def test_a_partner_the_snap_ties_with_the_last_candidate_is_not_missed():
+    """Row 0 scores column 0 at 0.5 - 2^-23 and column 1 at 0.5: the raw top-1 is column 1, but snapped they
+    tie and column 0 goes first. Column 0's own top-1 is row 1 (0.5 raw), so no top-1 list holds (0, 0), and
+    every entity is matched to its own candidate: a walk on those lists keeps (0, 1), (1, 0) and sees nothing
+    wrong, where the dense walk keeps (0, 0), (1, 1)."""
+    a = torch.eye(3)
+    b = torch.tensor([[0.5 - 2.0 ** -23, 0.5, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 1.0]])  # (a @ b.T)[i, j] = b[j, i]
+    dense = _reference.script_greedy(snap(a @ b.T), 3)
+    assert dense == [(2, 2), (0, 0), (1, 1)]
+    narrow = greedy_one_to_one(a, b, limit=None, k=1, widen=False)
+    assert not narrow.exact
+    wide = greedy_one_to_one(a, b, limit=None, k=1)
+    assert wide.exact and list(zip(wide.rows.tolist(), wide.cols.tolist())) == dense
+
+
+def test_exact_flag_is_never_wrong_on_near_ties():
+    """Small pairs with scores on a coarse lattice, nudged by less than the tie grid: the snap turns them back
+    into ties that the raw top-k broke by the nudge, not by index. Whenever a result claims to be exact it is
+    the dense walk on snapped scores (before the sentinel, 5 of these 200 claims were wrong)."""
+    exact = 0
+    for trial in range(200):
+        g = torch.Generator().manual_seed(trial)
+        a = torch.randint(0, 3, (6, 2), generator=g).float() / 8
+        b = torch.randint(0, 3, (7, 2), generator=g).float() / 8
+        b = b * (1 + 2.0 ** -24 * torch.randint(-3, 4, b.shape, generator=g))
+        for k in (1, 2):
+            for limit in (3, None):
+                res = greedy_one_to_one(a, b, limit=limit, k=k, widen=False)
+                if res.exact:
+                    exact += 1
+                    r, c = dense_greedy(a, b, limit)
+                    assert torch.equal(res.rows, r) and torch.equal(res.cols, c), (trial, k, limit)
+                wide = greedy_one_to_one(a, b, limit=limit, k=k)
+                r, c = dense_greedy(a, b, limit)
+                assert wide.exact and torch.equal(wide.rows, r) and torch.equal(wide.cols, c), (trial, k, limit)
+    assert exact >= 5
 
 
 def test_used_entities_are_respected():
