@@ -135,8 +135,9 @@ def test_keep_budget_against_brute_force():
         s = int(torch.randint(1, 60, (1,), generator=g))
         cluster = torch.randint(0, 5, (s,), generator=g)
         score = torch.randint(0, 8, (s,), generator=g).float()  # many ties
+        tiebreak = torch.randint(0, 3, (s,), generator=g).float() if trial % 2 else None  # ties left too
         budget = int(torch.randint(0, s + 1, (1,), generator=g))
-        kept = keep_budget(score, cluster, budget)
+        kept = keep_budget(score, cluster, budget, tiebreak)
         assert kept.numel() == budget and torch.equal(kept, kept.sort().values) and kept.unique().numel() == budget
         counts = torch.bincount(cluster)
         quotas = cluster_quotas(counts, budget)
@@ -148,18 +149,51 @@ def test_keep_budget_against_brute_force():
             members = (cluster == c).nonzero().squeeze(1).tolist()
             mine = [i for i in kept.tolist() if i in members]
             assert len(mine) == int(quotas[c])
-            # brute force: the quota best by (score desc, index asc)
-            best = sorted(members, key=lambda i: (-float(score[i]), i))[: int(quotas[c])]
+            # brute force: the quota best by (score desc, tiebreak desc, index asc)
+            second = (lambda i: -float(tiebreak[i])) if tiebreak is not None else (lambda i: 0.0)
+            best = sorted(members, key=lambda i: (-float(score[i]), second(i), i))[: int(quotas[c])]
             assert sorted(best) == mine
     with pytest.raises(ValueError, match=r"budget must be in \[0, 3\]"):
         cluster_quotas(torch.tensor([1, 2]), 4)
     with pytest.raises(ValueError, match="score and cluster must be"):
         keep_budget(torch.zeros(3), torch.zeros(4, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="tiebreak must be"):
+        keep_budget(torch.zeros(3), torch.zeros(3, dtype=torch.long), 1, torch.zeros(2))
 
 
-def test_fixed_size_scores_by_the_weighted_cosines():
-    """The cut's agreement score is the fused inner product, i.e. the weight-squared sum of per-modality cosines."""
-    from psqe.seeds.fixed_size import keep_budget
+def _csr(n: int, edges: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    nb = [sorted({v for u, v in edges if u == i} | {u for u, v in edges if v == i}) for i in range(n)]
+    return torch.tensor([0] + [len(x) for x in nb]).cumsum(0), torch.tensor([v for x in nb for v in x], dtype=torch.long)
+
+
+def test_neighbour_agreement_and_mic_margin_against_brute_force():
+    from psqe.seeds.fixed_size import mic_margin, neighbour_agreement
+
+    g = torch.Generator().manual_seed(5)
+    for trial in range(10):
+        n1, n2 = 30, 35
+        e1 = [tuple(e) for e in torch.randint(0, n1, (60, 2), generator=g).tolist() if e[0] != e[1]]
+        e2 = [tuple(e) for e in torch.randint(0, n2, (70, 2), generator=g).tolist() if e[0] != e[1]]
+        nb1, nb2 = _csr(n1, e1), _csr(n2, e2)
+        s = int(torch.randint(1, 25, (1,), generator=g))
+        seeds = torch.stack([torch.randperm(n1, generator=g)[:s], torch.randperm(n2, generator=g)[:s]], 1)
+        adj1 = {(u, v) for u, v in e1} | {(v, u) for u, v in e1}
+        adj2 = {(u, v) for u, v in e2} | {(v, u) for u, v in e2}
+        expected = [sum((a, x) in adj1 and (b, y) in adj2 for x, y in seeds.tolist()) for a, b in seeds.tolist()]
+        assert neighbour_agreement(seeds, nb1, nb2).tolist() == expected, trial
+        left, right = torch.randn(s, 4, generator=g), torch.randn(s, 4, generator=g)
+        m = left @ right.T
+        others = [max([float(m[k, j]) for j in range(s) if j != k] + [float(m[i, k]) for i in range(s) if i != k],
+                      default=float("-inf")) for k in range(s)]
+        torch.testing.assert_close(mic_margin(left, right, chunk=7), m.diag() - torch.tensor(others))
+    with pytest.raises(ValueError, match="local indices below 3 and 3"):
+        neighbour_agreement(torch.tensor([[3, 0]]), _csr(3, []), _csr(3, []))
+
+
+def test_fixed_size_ranks_by_neighbour_agreement_then_mic_margin():
+    """The cut keeps, per Stage I cluster, the seeds with the most seed pairs among their neighbours, and
+    among equal counts the largest margin in MIC's matrix (weighted per-modality cosines)."""
+    from psqe.seeds.fixed_size import keep_budget, mic_margin, neighbour_agreement
     from psqe.seeds.pipeline import _fixed_size
 
     g = torch.Generator().manual_seed(0)
@@ -168,8 +202,21 @@ def test_fixed_size_scores_by_the_weighted_cosines():
     w = {"visual": 0.8, "relation": 0.2}
     seeds = torch.stack([torch.randperm(40, generator=g)[:30], torch.randperm(40, generator=g)[:30]], 1)
     labels1 = torch.randint(0, 3, (40,), generator=g)
+    nb = (_csr(40, [tuple(e) for e in torch.randint(0, 40, (80, 2), generator=g).tolist() if e[0] != e[1]]),
+          _csr(40, [tuple(e) for e in torch.randint(0, 40, (80, 2), generator=g).tolist() if e[0] != e[1]]))
     cos = torch.nn.functional.cosine_similarity
-    score = sum(w[m] ** 2 * cos(t1[m][seeds[:, 0]], t2[m][seeds[:, 1]]) for m in w)
-    expected = seeds[keep_budget(score, labels1[seeds[:, 0]], 11)]
-    assert torch.equal(_fixed_size(seeds, (t1, t2), w, labels1, 11), expected)
-    assert torch.equal(_fixed_size(seeds, (t1, t2), w, labels1, 30), seeds)
+    pairs = {m: cos(t1[m][seeds[:, 0]].unsqueeze(1), t2[m][seeds[:, 1]].unsqueeze(0), dim=2) for m in w}
+    m_matrix = sum(w[m] * pairs[m] for m in w)  # MIC's matrix: weighted per-modality cosines
+    off = m_matrix - torch.diag(torch.full((30,), float("inf")))
+    margin = m_matrix.diag() - torch.maximum(off.max(1).values, off.max(0).values)
+    agreement = neighbour_agreement(seeds, *nb)
+    assert len(set(agreement.tolist())) > 1 and torch.allclose(margin, mic_margin(*_mic_tables(seeds, t1, t2, w)), atol=1e-6)
+    expected = seeds[keep_budget(agreement, labels1[seeds[:, 0]], 11, margin)]
+    assert torch.equal(_fixed_size(seeds, (t1, t2), w, labels1, 11, nb), expected)
+    assert torch.equal(_fixed_size(seeds, (t1, t2), w, labels1, 30, nb), seeds)
+
+
+def _mic_tables(seeds, t1, t2, w):
+    from psqe.seeds.fusion import weighted_pair_tables
+
+    return weighted_pair_tables({m: t1[m][seeds[:, 0]] for m in w}, {m: t2[m][seeds[:, 1]] for m in w}, w)

@@ -18,8 +18,8 @@ import torch
 from ..data.kg import KGPair, KnowledgeGraph
 from . import metrics
 from .config import PSQEConfig
-from .fixed_size import keep_budget
-from .fusion import active_weights, fuse
+from .fixed_size import keep_budget, mic_margin, neighbour_agreement
+from .fusion import active_weights, fuse, weighted_pair_tables
 from .mic import mic_filter
 from .stage1 import stage1
 from .stage3 import expand
@@ -138,7 +138,7 @@ def generate_seeds(
             result.timings["stage3"] = time.perf_counter() - start
 
     if cfg.fixed_size:
-        current = _fixed_size(current, (t1, t2), w, result.clusters[0], cfg.budget)
+        current = _fixed_size(current, (t1, t2), w, result.clusters[0], cfg.budget, (kg1.neighbours(), kg2.neighbours()))
         stages["fixed_size"] = current
     result.stages = {name: _to_global(s, kg1, kg2) for name, s in stages.items()}
     result.seeds = _to_global(current, kg1, kg2)
@@ -149,18 +149,21 @@ def generate_seeds(
 
 
 def _fixed_size(seeds: torch.Tensor, tables: tuple[dict, dict], w: dict[str, float], labels1: torch.Tensor,
-                budget: int) -> torch.Tensor:
-    """``seeds`` (local) cut to ``budget`` by :func:`~psqe.seeds.fixed_size.keep_budget`: agreement is the
-    inner product of the two entities' fused ``tables``, clusters are Stage I's labels of the kg1 entities."""
+                budget: int, neighbours: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                ) -> torch.Tensor:
+    """``seeds`` (local) cut to ``budget`` by :func:`~psqe.seeds.fixed_size.keep_budget`: support is the
+    seeds' neighbour agreement, then their margin in MIC's matrix of the original ``tables``; clusters are
+    Stage I's labels of the kg1 entities (:mod:`psqe.seeds.fixed_size`)."""
     if seeds.shape[0] <= budget:
         if seeds.shape[0] < budget:
             log.warning("fixed_size: PSQE made %d seeds, fewer than the budget %d; all are kept", seeds.shape[0], budget)
         return seeds
-    left, right = (fuse({m: t[m][idx.to(t[m].device)] for m in w}, w).cpu()
-                   for t, idx in zip(tables, (seeds[:, 0], seeds[:, 1])))
-    kept = keep_budget((left * right).sum(1), labels1.cpu()[seeds[:, 0]], budget)
-    log.info("fixed_size: kept %d of %d seeds (each Stage I cluster its share, the best agreeing first)",
-             budget, seeds.shape[0])
+    left, right = weighted_pair_tables(*({m: t[m][idx.to(t[m].device)] for m in w}
+                                         for t, idx in zip(tables, (seeds[:, 0], seeds[:, 1]))), w)
+    agreement = neighbour_agreement(seeds, *neighbours)
+    kept = keep_budget(agreement, labels1.cpu()[seeds[:, 0]], budget, mic_margin(left, right).cpu())
+    log.info("fixed_size: kept %d of %d seeds (each Stage I cluster its share, the best supported first: "
+             "%d of them with a seed pair among their neighbours)", budget, seeds.shape[0], int((agreement[kept] > 0).sum()))
     return seeds[kept]
 
 
