@@ -29,7 +29,8 @@ HEADER = ("# `psqe reproduce`: PSQE's seeds against Type I and Type II, every re
           "picked, `clean (val)`: the best on 10% of the seeds held out). `train_seed`: the seed the aligners "
           "trained with (folders with the same seed sets and another `train_seed` measure the run-to-run "
           "spread). A margin that rounds to zero at 3 decimals is shown to 4. A report without a cell leaves "
-          "its column empty.\n\n")
+          "its column empty. `other_seed_sets`: H@1 of the report's other seed sets (the Table 3 "
+          "ablations `psqe-no-*`, Table 6's `psqe-fixed`) and the pairs each trained on.\n\n")
 
 
 def main(argv=None) -> int:

@@ -319,6 +319,13 @@ def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
     tiny = {**row, "psqe": 0.2329, "type1": 0.2128, "type2": 0.2325, "psqe_minus_type1": 0.0201,
             "psqe_minus_type2": 0.0004}
     assert "| +0.020 | +0.0004 |" in summary_markdown([tiny])
+    # seed sets beyond the Table 1 / 2 ones (ablations, psqe-fixed) are listed with their pairs, not dropped
+    assert all(r["other_seed_sets"] is None for r in summary_rows([report]))
+    fixed = {**json.loads((report / "cells" / "eva__psqe.json").read_text()), "seeds": "psqe-fixed", "train_pairs": 77}
+    (partial / "cells" / "eva__psqe-fixed.json").write_text(json.dumps(fixed))
+    legacy = summary_rows([partial])[0]
+    assert legacy["other_seed_sets"] == f"psqe-fixed {fixed['legacy']['hits@1']:.3f} (77 pairs)"
+    assert summary_markdown([legacy]).rstrip().endswith(f"| psqe-fixed {fixed['legacy']['hits@1']:.3f} (77 pairs) |")
 
 
 def test_align_command(dataset, tmp_path, capsys):

@@ -6,7 +6,8 @@ H@1 of the 30%-gold reference and of each seed set, PSQE's margin over
 Type I (``uvp``) and Type II (``multimodal``), and the paper's Table 1 (DBP15K) or 2 (DWY15K) margin
 (its "+PSQE" row minus its "base" row) beside it; ``test_links``: the size of
 the test set the row's cells share, or ``"differs"`` when they were scored on
-different ones (clean entries from before the common test set); ``epochs``:
+different ones (clean entries from before the common test set); ``other_seed_sets``: H@1 of
+every other seed set of the row (the Table 3 ablations, ``psqe-fixed``), with its pairs; ``epochs``:
 what the cells trained (with ``--iterative``, where iterative learning
 started); ``protocol``: ``clean (val)`` or ``clean (mnn)`` when the clean
 cells selected an epoch rather than keeping the last (:func:`_protocol`), preceded by
@@ -35,7 +36,8 @@ from . import SUPERVISED, paper_entry
 from .report import _margin
 
 COLUMNS = ["report", "model", "protocol", "epochs", "train_seed", "test_links", "supervised30", "type1", "type2",
-           "psqe", "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta"]
+           "psqe", "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta", "other_seed_sets"]
+_NAMED = {SUPERVISED: "supervised30", "uvp": "type1", "multimodal": "type2", "psqe": "psqe"}
 
 
 def _load_json(path: Path) -> dict:
@@ -119,6 +121,8 @@ def summary_rows(folders) -> list[dict]:
                     both = row["psqe"] is not None and row[other] is not None
                     row[column] = round(row["psqe"] - row[other], 4) if both else None
                 row["paper_delta"] = _paper_delta(config.get("dataset", folder.name), model)
+                row["other_seed_sets"] = "; ".join(f"{s} {h1[s]:.3f} ({mine[s].get('train_pairs')} pairs)"
+                                                   for s in sorted(h1) if s not in _NAMED) or None
                 rows.append(row)
     return rows
 
