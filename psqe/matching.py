@@ -26,6 +26,9 @@ as they come, which of them are kept is noise (on DBP15K zh_en R1, where 7,153
 kg1 entities have a kg2 partner of cosine 1, Type I's precision moved between
 0.86 and 0.97 with it). So the candidate scores are first snapped to a grid of
 ``TIE_GRID`` (about 1e-6): scores that close are ties, and ties go by ``(i, j)``.
+That order is the caller's: where the row order means something (DBP15K's
+files list the linked entities first), shuffle it first, as the seed
+generators do (``PSQEConfig.tie_order``).
 
 >>> import torch
 >>> from psqe.matching import greedy_one_to_one

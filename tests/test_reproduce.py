@@ -166,7 +166,7 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
     folder, features, _ = dataset
     quality = json.loads((report / "seeds" / "quality.json").read_text())
     assert quality["uvp"]["made_with"] == {"dataset": str(folder), "setting": "R2", "budget": 150, "seed": 0,
-                                           "psqe_epochs": 5}
+                                           "psqe_epochs": 5, "tie_order": "shuffled"}
     base = ["reproduce", "--dataset", str(folder), "--features", str(features), "--models", "eva", "--epochs", "30",
             "--psqe-epochs", "5", "--seeds", "uvp", "--no-supervised", "--protocols", "legacy"]
     copy = tmp_path / "copy"
@@ -182,6 +182,13 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
 
     made = [_seed_settings(ReproduceConfig(dataset="x", models=("eva",), psqe_epochs=e))["psqe_epochs"] for e in (None, 300)]
     assert made == [300, 300]
+    # a seed set recorded without a tie order was made when the walks broke ties in file order: refused
+    settings = dict(quality["uvp"]["made_with"])
+    del quality["uvp"]["made_with"]["tie_order"]
+    (copy / "seeds" / "quality.json").write_text(json.dumps(quality))
+    with pytest.raises(ValueError, match=r"tie_order 'file' \(this run: 'shuffled'\)"):
+        main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)])
+    quality["uvp"]["made_with"] = settings
     # an entry from before the settings were recorded is reused, with a warning naming the file
     del quality["uvp"]["made_with"]
     (copy / "seeds" / "quality.json").write_text(json.dumps(quality))

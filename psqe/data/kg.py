@@ -63,6 +63,28 @@ class KnowledgeGraph:
         for name, table in self.features.items():
             self.set_feature(name, table, self.present.get(name))
 
+    def reordered(self, order: torch.Tensor) -> "KnowledgeGraph":
+        """The same graph with its entities in another local order: local ``i`` of the result is local
+        ``order[i]`` here (``order`` a permutation of ``range(N)``). Triples hold global ids and stay.
+
+        >>> import torch
+        >>> kg = KnowledgeGraph(torch.tensor([10, 11, 12]), ["a", "b", "c"], torch.tensor([[10, 0, 12]]))
+        >>> back = kg.reordered(torch.tensor([2, 0, 1]))
+        >>> back.ids.tolist(), back.names, back.neighbours()[1].tolist()
+        ([12, 10, 11], ['c', 'a', 'b'], [1, 0])
+        """
+        order = torch.as_tensor(order, dtype=torch.long)
+        if order.shape != (self.num_entities,) or not torch.equal(torch.sort(order).values, torch.arange(self.num_entities)):
+            raise ValueError(f"KnowledgeGraph.reordered: order must be a permutation of range({self.num_entities})")
+        positions = order.tolist()
+        return KnowledgeGraph(
+            ids=self.ids[order], names=[self.names[i] for i in positions], triples=self.triples,
+            relation_names=dict(self.relation_names),
+            attributes=None if self.attributes is None else [self.attributes[i] for i in positions],
+            features={m: t[order] for m, t in self.features.items()},
+            present={m: v[order] for m, v in self.present.items()},
+        )
+
     @property
     def num_entities(self) -> int:
         return int(self.ids.numel())

@@ -63,8 +63,10 @@ SEED_SETTINGS = ("dataset", "setting", "budget", "seed", "psqe_epochs")
 
 
 def _seed_settings(config) -> dict:
-    """``config``'s ``SEED_SETTINGS``, the Stage II epochs spelled out (None is the default, 300)."""
-    return {**{k: getattr(config, k) for k in SEED_SETTINGS}, "psqe_epochs": _psqe_config(config).tuning.epochs}
+    """``config``'s ``SEED_SETTINGS``, the Stage II epochs spelled out (None is the default, 300), and the
+    greedy walks' tie order (``PSQEConfig.tie_order``)."""
+    cfg = _psqe_config(config)
+    return {**{k: getattr(config, k) for k in SEED_SETTINGS}, "psqe_epochs": cfg.tuning.epochs, "tie_order": cfg.tie_order}
 
 
 def _check_reused(path: Path, entry: dict, config) -> None:
@@ -74,7 +76,9 @@ def _check_reused(path: Path, entry: dict, config) -> None:
         log.warning("%s: made before seed sets recorded their settings; reused as it is", path)
         return
     mine = _seed_settings(config)
-    differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in SEED_SETTINGS if made.get(k) != mine[k]]
+    made = {"tie_order": "file", **made}  # recorded since stop 29; before, every walk broke ties in file order
+    differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in (*SEED_SETTINGS, "tie_order")
+              if made.get(k) != mine[k]]
     if differ:
         raise ValueError(f"reproduce: {path} was made with {'; '.join(differ)}; remove it (and its entry in "
                          f"quality.json) to make it again, or use another --out folder")

@@ -88,6 +88,12 @@ def generate_seeds(
     """
     cfg = config or PSQEConfig()
     _check(kg1, kg2, cfg)
+    if cfg.tie_order == "shuffled":
+        (kg1, order1), (kg2, order2) = _tie_orders(kg1, kg2, cfg.seed)
+        result = generate_seeds(kg1, kg2, cfg.replace(tie_order="file"), links)
+        if result.clusters is not None:  # back to the caller's local order
+            result.clusters = tuple(_unorder(labels, order) for labels, order in zip(result.clusters, (order1, order2)))
+        return result
     pair = KGPair(kg1, kg2, links)
     torch.manual_seed(cfg.seed)
     t1, t2, w = modality_tables(kg1, kg2, cfg.weights, cfg.device)
@@ -173,6 +179,8 @@ def baseline_seeds(kg1: KnowledgeGraph, kg2: KnowledgeGraph, kind: str, config: 
     greedy on the fused vectors) seeds, as global ids."""
     cfg = config or PSQEConfig()
     _check(kg1, kg2, cfg)
+    if cfg.tie_order == "shuffled":
+        (kg1, _), (kg2, _) = _tie_orders(kg1, kg2, cfg.seed)
     t1, t2, w = modality_tables(kg1, kg2, cfg.weights, cfg.device)
     if kind == "type1":
         seeds = type_one(t1, t2, cfg.budget, next(iter(w)))
@@ -181,6 +189,22 @@ def baseline_seeds(kg1: KnowledgeGraph, kg2: KnowledgeGraph, kind: str, config: 
     else:
         raise ValueError(f"baseline kind must be 'type1' or 'type2', got {kind!r}")
     return _to_global(seeds.cpu(), kg1, kg2)
+
+
+def _tie_orders(kg1: KnowledgeGraph, kg2: KnowledgeGraph, seed: int):
+    """Both graphs with their entities shuffled by permutations drawn from ``seed`` (``PSQEConfig.tie_order``),
+    and the permutations: the greedy walks break exact ties by ``(i, j)``, and in the files' order that
+    would favour the entities listed first (on DBP15K, the linked ones)."""
+    g = torch.Generator().manual_seed(seed)
+    order1, order2 = torch.randperm(kg1.num_entities, generator=g), torch.randperm(kg2.num_entities, generator=g)
+    return (kg1.reordered(order1), order1), (kg2.reordered(order2), order2)
+
+
+def _unorder(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Per-entity ``values`` of a reordered graph (``KnowledgeGraph.reordered(order)``), in the original order."""
+    out = torch.empty_like(values)
+    out[order.to(values.device)] = values
+    return out
 
 
 def _cpu(tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
