@@ -1,7 +1,9 @@
 """Type I seeds in R1 and ties: how many kg1 entities have a kg2 partner of cosine 1 on the visual slot
-(the name embedding in R1), and Type I's precision (i) as committed with the reports
-(``bench/results/seeds/<dataset>-R1/uvp.tsv``), (ii) from ``baseline_seeds`` now on 1 and 2 threads, and
-(iii) from a dense walk over each row's top 64 candidates in raw float order, ties then by (i, j).
+(the name embedding in R1), where the files list the linked entities, and Type I's precision (i) as
+committed with the reports (``bench/results/seeds/<dataset>-R1/uvp.tsv``), (ii) from ``baseline_seeds``
+now (ties by (i, j) over shuffled graphs, ``PSQEConfig.tie_order="shuffled"``) on 1 and 2 threads and
+with two more shuffle seeds, (iii) with ties by (i, j) in the files' order (``tie_order="file"``), and
+(iv) from a dense walk over each row's top 64 candidates in raw float order, ties then by (i, j).
 
 Run from the repository root with the R1 feature files from ``psqe features``::
 
@@ -63,11 +65,22 @@ def main() -> None:
         stored = f"bench/results/seeds/{dataset.replace('/', '-')}-R1/uvp.tsv"
         rows = [tuple(map(int, line.split())) for line in open(stored) if line.strip()]
         print(f"  committed Type I seeds ({stored}): precision {precision(rows):.3f}")
+        linked = torch.zeros(a.shape[0], dtype=torch.bool)
+        linked[pair.kg1.to_local(pair.links[:, 0])] = True
+        print(f"  linked kg1 entities: {linked.float().mean():.3f} of all, {linked[:2000].float().mean():.3f} of the "
+              f"first 2,000 in file order, {linked[-2000:].float().mean():.3f} of the last 2,000")
         cfg = psqe.PSQEConfig(budget=args.budget)
         for threads in (1, 2):
             torch.set_num_threads(threads)
             seeds = baseline_seeds(pair.kg1, pair.kg2, "type1", cfg)
-            print(f"  baseline_seeds now, {threads} thread(s): precision {precision(seeds.tolist()):.3f}")
+            print(f"  baseline_seeds now (shuffled ties, seed 0), {threads} thread(s): precision "
+                  f"{precision(seeds.tolist()):.3f}")
+        torch.set_num_threads(1)
+        for seed in (1, 2):
+            seeds = baseline_seeds(pair.kg1, pair.kg2, "type1", cfg.replace(seed=seed))
+            print(f"  baseline_seeds now (shuffled ties, seed {seed}): precision {precision(seeds.tolist()):.3f}")
+        seeds = baseline_seeds(pair.kg1, pair.kg2, "type1", cfg.replace(tie_order="file"))
+        print(f"  ties by (i, j) in the files' order (tie_order='file'): precision {precision(seeds.tolist()):.3f}")
         walk = raw_order_walk(a, b, args.budget)
         ids = [(int(pair.kg1.ids[r]), int(pair.kg2.ids[c])) for r, c in walk]
         print(f"  dense walk in raw float order (1 thread): precision {precision(ids):.3f}")
