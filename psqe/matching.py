@@ -197,6 +197,13 @@ def greedy_one_to_one(
         log.debug("greedy_one_to_one: %d + %d candidate lists ran out at k=%d; widening", risk_r, risk_c, k)
         k = min(2 * k, ops.MAX_TOPK)
     if risk_r or risk_c:
+        # Not provably the dense walk: walk every fetched candidate, those tying a sentinel too, so that an
+        # entity whose partners all tie (a zero row, say) is not left unmatched for want of a candidate.
+        scores = torch.cat([vr.reshape(-1), vc.reshape(-1)])
+        rows = torch.cat([free_r.repeat_interleave(ir.shape[1]), ic.reshape(-1)])
+        cols = torch.cat([ir.reshape(-1), free_c.repeat_interleave(ic.shape[1])])
+        pos = ops.greedy_match(scores, rows, cols, limit)
+        sel_r, sel_c, sel_s = rows[pos], cols[pos], scores[pos]
         log.warning(
             "greedy_one_to_one: %d row and %d column candidate lists ran out at k=%d; the "
             "result may differ from the dense greedy walk", risk_r, risk_c, k,

@@ -118,6 +118,27 @@ def test_exact_flag_is_never_wrong_on_near_ties():
     assert exact >= 5
 
 
+def test_an_inexact_result_walks_every_fetched_candidate():
+    """Zero rows tie with every partner, so the sentinel trim empties their lists; a result that cannot be
+    proved exact walks all k + 1 fetched candidates instead, so they can still be matched (as before the
+    trim)."""
+    from psqe import ops
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a[torch.randperm(300, generator=g)] + 0.5 * torch.randn(300, 16, generator=g), dim=1)
+    a[:20], b[:20] = 0, 0
+    res = greedy_one_to_one(a, b, limit=None, k=4, widen=False)
+    assert not res.exact and bool((res.rows < 20).any())
+    vr, ir, vc, ic = ops.topk_similarity_both(a, b, 5)
+    vr, vc = snap(vr), snap(vc)
+    scores = torch.cat([vr.reshape(-1), vc.reshape(-1)])
+    rows = torch.cat([torch.arange(300).repeat_interleave(5), ic.reshape(-1)])
+    cols = torch.cat([ir.reshape(-1), torch.arange(300).repeat_interleave(5)])
+    pos = ops.greedy_match(scores, rows, cols, None)
+    assert torch.equal(res.rows, rows[pos]) and torch.equal(res.cols, cols[pos])
+
+
 def test_used_entities_are_respected():
     a, b = integer_features(300, 10, seed=3), integer_features(300, 10, seed=4)
     used_r, used_c = torch.arange(0, 300, 2), torch.arange(100)
