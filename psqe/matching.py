@@ -111,6 +111,14 @@ def _trim(values: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor 
     return values > sentinel.unsqueeze(1), sentinel
 
 
+def _flat(vr, ir, keep_r, free_r, vc, ic, keep_c, free_c) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept candidates of both directions as flat ``(scores, rows, cols)`` for :func:`psqe.ops.greedy_match`."""
+    scores = torch.cat([vr[keep_r], vc[keep_c]])
+    rows = torch.cat([free_r.unsqueeze(1).expand_as(ir)[keep_r], ic[keep_c]])
+    cols = torch.cat([ir[keep_r], free_c.unsqueeze(1).expand_as(ic)[keep_c]])
+    return scores, rows, cols
+
+
 def _at_risk(
     lists: torch.Tensor,
     keep: torch.Tensor,
@@ -178,9 +186,7 @@ def greedy_one_to_one(
             ir, ic = vr.long(), vc.long()
         keep_r, sentinel_r = _trim(vr, n_free_c)
         keep_c, sentinel_c = _trim(vc, n_free_r)
-        scores = torch.cat([vr[keep_r], vc[keep_c]])
-        rows = torch.cat([free_r.unsqueeze(1).expand_as(ir)[keep_r], ic[keep_c]])
-        cols = torch.cat([ir[keep_r], free_c.unsqueeze(1).expand_as(ic)[keep_c]])
+        scores, rows, cols = _flat(vr, ir, keep_r, free_r, vc, ic, keep_c, free_c)
         pos = ops.greedy_match(scores, rows, cols, limit)
         sel_r, sel_c, sel_s = rows[pos], cols[pos], scores[pos]
 
@@ -199,9 +205,8 @@ def greedy_one_to_one(
     if risk_r or risk_c:
         # Not provably the dense walk: walk every fetched candidate, those tying a sentinel too, so that an
         # entity whose partners all tie (a zero row, say) is not left unmatched for want of a candidate.
-        scores = torch.cat([vr.reshape(-1), vc.reshape(-1)])
-        rows = torch.cat([free_r.repeat_interleave(ir.shape[1]), ic.reshape(-1)])
-        cols = torch.cat([ir.reshape(-1), free_c.repeat_interleave(ic.shape[1])])
+        every_r, every_c = torch.ones_like(keep_r), torch.ones_like(keep_c)
+        scores, rows, cols = _flat(vr, ir, every_r, free_r, vc, ic, every_c, free_c)
         pos = ops.greedy_match(scores, rows, cols, limit)
         sel_r, sel_c, sel_s = rows[pos], cols[pos], scores[pos]
         log.warning(
