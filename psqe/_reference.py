@@ -73,11 +73,34 @@ def topk_similarity(a: torch.Tensor, b: torch.Tensor, k: int, exclude: torch.Ten
 
 
 def topk_similarity_both(a: torch.Tensor, b: torch.Tensor, k: int):
-    """Row-wise and column-wise top-k of ``a @ b.T`` (ties to the smaller index); see psqe.ops."""
+    """Row-wise and column-wise top-k of ``a @ b.T`` (ties to the smaller index); see psqe.ops.
+
+    One pass over blocks of rows: each score is computed once and enters both
+    lists, so a pair in both carries one value (two products, ``a @ b.T`` and
+    ``b @ a.T``, may round apart, and the greedy walk's exactness argument
+    needs one score per pair).
+    """
     _check_pair(a, b, "topk_similarity_both", "a", "b")
     if not 1 <= k <= MAX_TOPK:
         raise ValueError(f"topk_similarity_both: k must be in [1, {MAX_TOPK}], got {k}")
-    return (*topk_similarity(a, b, k), *topk_similarity(b, a, k))
+    acc = _acc_dtype(a.dtype)
+    n, m = a.shape[0], b.shape[0]
+    kr, kc = min(k, m), min(k, n)
+    row_values = torch.empty(n, kr, dtype=acc, device=a.device)
+    row_indices = torch.empty(n, kr, dtype=torch.long, device=a.device)
+    col_values = torch.empty(m, 0, dtype=acc, device=a.device)
+    col_indices = torch.empty(m, 0, dtype=torch.long, device=a.device)
+    bt = b.to(acc).T
+    for r0 in range(0, n, _ROW_BLOCK):
+        sim = a[r0 : r0 + _ROW_BLOCK].to(acc) @ bt
+        v, i = torch.sort(sim, dim=1, descending=True, stable=True)
+        row_values[r0 : r0 + _ROW_BLOCK], row_indices[r0 : r0 + _ROW_BLOCK] = v[:, :kr], i[:, :kr]
+        v, i = torch.sort(sim.T, dim=1, descending=True, stable=True)
+        # the running best come first: a stable sort keeps the smaller row among equal scores
+        v, i = torch.cat([col_values, v[:, :kc]], 1), torch.cat([col_indices, i[:, :kc] + r0], 1)
+        v, order = torch.sort(v, dim=1, descending=True, stable=True)
+        col_values, col_indices = v[:, :kc], i.gather(1, order[:, :kc])
+    return row_values, row_indices, col_values, col_indices
 
 
 def walk_rank(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -163,11 +163,15 @@ def topk_similarity_both(
     ``(row_values, row_indices)`` equal ``topk_similarity(a, b, k)``;
     ``(col_values, col_indices)`` are ``[m, min(k, n)]``: for column ``j``
     (row ``j`` of ``b``) the largest ``(a @ b.T)[i, j]`` sorted descending,
-    ties broken by the smaller ``i``, and those ``i``. On CPU both come from
-    one pass over the similarity tiles (half the GEMM work of two calls);
-    the scores of a pair are then identical in both lists. Other devices
-    run two :func:`topk_similarity` calls (column scores from ``b @ a.T``,
-    equal up to float rounding). No ``exclude``: pass the free rows.
+    ties broken by the smaller ``i``, and those ``i``. Both come from one
+    pass over the similarity tiles (half the GEMM work of two calls), so a
+    pair in both lists carries the same score in each: the greedy walk's
+    exactness check (:mod:`psqe.matching`) relies on it. On CPU the compiled
+    kernel makes that pass; other devices run the PyTorch one-pass version
+    in :mod:`psqe._reference` (blocks of 1,024 rows: ``1024 x m`` memory and
+    a sort per block), not two :func:`topk_similarity` calls, whose column
+    scores, from ``b @ a.T``, could round apart. No ``exclude``: pass the
+    free rows.
 
     Example:
         >>> import torch, psqe.ops as ops
@@ -177,10 +181,8 @@ def topk_similarity_both(
         >>> ri.squeeze(1).tolist(), ci.squeeze(1).tolist()
         ([0, 2], [0, 1, 1])
     """
-    if not _compiled_for(a):
+    if not _compiled_for(a) or a.device.type not in ("cpu", "meta"):
         return _reference.topk_similarity_both(a, b, k)
-    if a.device.type == "cuda":
-        return (*torch.ops.psqe.topk_similarity(a, b, k, None), *torch.ops.psqe.topk_similarity(b, a, k, None))
     return torch.ops.psqe.topk_similarity_both(a, b, k)
 
 

@@ -155,6 +155,37 @@ def test_both_matches_two_oracle_calls(device, n, m, d, k):
         assert torch.equal(got, want)
 
 
+def test_both_oracle_is_one_pass_with_ties_across_blocks():
+    """The oracle's columns come from the row blocks' products (2,500 rows: three blocks), merged with
+    ties to the smaller row: integer features tie often, across blocks too."""
+    a, b = integer_features(2500, 6, seed=3, low=-1, high=2), integer_features(700, 6, seed=4, low=-1, high=2)
+    got = _reference.topk_similarity_both(a, b, 40)
+    want = (*_reference.topk_similarity(a, b, 40), *_reference.topk_similarity(b, a, 40))
+    assert int((got[2][:, :-1] == got[2][:, 1:]).sum()) > 1000  # many ties within the column lists
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("impl", ["ops", "oracle"])
+def test_both_give_a_pair_one_score(device, impl):
+    """A pair in row i's list and column j's list carries the same score in both, bit for bit (the greedy
+    walk's exactness argument needs it); float inputs, so two products could round apart. On this CPU's
+    BLAS ``a @ b.T`` and ``b @ a.T`` happened to agree here even for two calls; the check bites where
+    they do not (CUDA, other BLAS builds)."""
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(2100, 96, generator=g).to(device), torch.randn(1300, 96, generator=g).to(device)
+    both = ops.topk_similarity_both if impl == "ops" else _reference.topk_similarity_both
+    rv, ri, cv, ci = both(a, b, 30)
+    n, m = a.shape[0], b.shape[0]
+    row_key = (torch.arange(n, device=device).unsqueeze(1) * m + ri).flatten()
+    col_key = (ci * m + torch.arange(m, device=device).unsqueeze(1)).flatten()
+    row_key, order = torch.sort(row_key)
+    at = torch.searchsorted(row_key, col_key).clamp(max=row_key.numel() - 1)
+    shared = row_key[at] == col_key
+    assert int(shared.sum()) > 5000
+    assert torch.equal(rv.flatten()[order][at[shared]], cv.flatten()[shared])
+
+
 def test_both_columns_agree_with_float64_truth():
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(4500, 300, generator=g), torch.randn(1500, 300, generator=g)

@@ -1,7 +1,8 @@
 // Schemas and argument checks of psqe::topk_similarity and
 // psqe::topk_similarity_both (semantics in csrc/psqe_ops.h). Kernels:
 // cpu/topk_similarity_kernel.cpp and cuda/topk_similarity_kernel.cu (CPU
-// only for the _both variant; psqe.ops composes it from two calls on CUDA).
+// only for the _both variant; on CUDA psqe.ops runs the one-pass PyTorch
+// version in psqe/_reference.py, so that a pair has one score in both lists).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
