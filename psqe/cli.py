@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--budget", type=int, default=None,
                      help="seed budget of every generator (default: the paper's, 5000 on DWY15K, else 1000)")
     rep.add_argument("--psqe-epochs", type=int, default=None, help="Stage II tuning epochs (default 300)")
-    rep.add_argument("--out", required=True, help="report folder (an interrupted run resumes from it)")
+    rep.add_argument("--out", required=True, help="report folder (an interrupted run resumes from it; a seed set added on resume "
+                     "that touches other gold links changes the clean test set, and every finished cell then "
+                     "trains again)")
     _common_align_options(rep)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from loader_files import write_pair_with_features
+from psqe.align import pairs_digest
 from psqe.cli import main, run
 from psqe.data import load_dataset
 from psqe.data.synthetic import make_pair
+from psqe.seeds.io import read_seeds
 
 pytestmark = pytest.mark.one_thread  # see conftest._thread_limit
 
@@ -188,14 +190,53 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
     (copy / "seeds" / "quality.json").write_text(json.dumps(quality))
     with pytest.raises(ValueError, match=r"tie_order 'file' \(this run: 'shuffled'\)"):
         main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)])
-    quality["uvp"]["made_with"] = settings
-    # an entry from before the settings were recorded is reused, with a warning naming the file
+    # an entry from before the settings were recorded was not made with shuffled ties either: refused
     del quality["uvp"]["made_with"]
     (copy / "seeds" / "quality.json").write_text(json.dumps(quality))
-    with caplog.at_level("WARNING", logger="psqe.reproduce.cells"):
-        assert main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)]) == 0
-    assert "uvp.tsv: made before seed sets recorded their settings" in caplog.text
+    with pytest.raises(ValueError, match=r"uvp.tsv was made before seed sets recorded their settings"):
+        main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)])
+    quality["uvp"]["made_with"] = settings
+    (copy / "seeds" / "quality.json").write_text(json.dumps(quality))
+    assert main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)]) == 0  # reused as it is
     assert (copy / "seeds" / "uvp.tsv").read_text() == (report / "seeds" / "uvp.tsv").read_text()
+    assert json.loads((copy / "seeds" / "quality.json").read_text())["uvp"] == quality["uvp"]
+
+
+def test_a_cell_trained_on_another_seed_set_runs_again(dataset, tmp_path, caplog):
+    """A finished cell is reused only for the seeds it trained on: a seed file edited in place (the digest
+    differs) or, for a cell from before digests were recorded, a set made again reruns the whole cell."""
+    folder, features, _ = dataset
+    base = ["reproduce", "--dataset", str(folder), "--features", str(features), "--out", str(tmp_path), *ARGS,
+            "--seeds", "uvp", "--no-supervised", "--protocols", "legacy"]
+    assert main(base) == 0
+    path, seeds = tmp_path / "cells" / "eva__uvp.json", tmp_path / "seeds" / "uvp.tsv"
+    first = json.loads(path.read_text())
+    lines = seeds.read_text().splitlines(keepends=True)
+    assert first["seeds_digest"] == pairs_digest(read_seeds(seeds)) and first["train_pairs"] == len(lines)
+    seeds.write_text("".join(lines[:-10]))  # another seed set under the same name
+    with caplog.at_level("WARNING", logger="psqe.reproduce"):
+        assert main(base) == 0
+    again = json.loads(path.read_text())
+    assert f"digest {first['seeds_digest']}, now {pairs_digest(read_seeds(seeds))}" in caplog.text
+    assert again["train_pairs"] == len(lines) - 10 and again["previous_seeds"]["legacy"] == first["legacy"]
+    # a cell written before digests were recorded, its seed set removed (as a refusal says) and made again
+    seeds.write_text("".join(lines))
+    path.write_text(json.dumps({k: v for k, v in first.items() if k != "seeds_digest"}))
+    quality = json.loads((tmp_path / "seeds" / "quality.json").read_text())
+    del quality["uvp"]
+    (tmp_path / "seeds" / "quality.json").write_text(json.dumps(quality))
+    seeds.unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="psqe.reproduce"):
+        assert main(base) == 0
+    assert seeds.read_text() == "".join(lines)  # made again: the same seeds as at first
+    assert "its seed set was made again in this run" in caplog.text
+    remade = json.loads(path.read_text())
+    assert remade["legacy"]["hits@1"] == first["legacy"]["hits@1"] and remade["train_pairs"] == len(lines)
+    # nothing changed since: the next resume reuses the cell
+    stamp = path.stat().st_mtime_ns
+    assert main(base) == 0
+    assert path.stat().st_mtime_ns == stamp
 
 
 def test_resume_adds_a_protocol(dataset, tmp_path):

@@ -72,9 +72,10 @@ def _seed_settings(config) -> dict:
 def _check_reused(path: Path, entry: dict, config) -> None:
     """Refuse a seed set (e.g. copied from another folder) made with other settings than ``config``'s."""
     made = entry.get("made_with")
-    if made is None:
-        log.warning("%s: made before seed sets recorded their settings; reused as it is", path)
-        return
+    if made is None:  # made before fd584ff: ties fell in file order or by rounding noise, never shuffled
+        raise ValueError(f"reproduce: {path} was made before seed sets recorded their settings (and their tie "
+                         "order); remove it (and its entry in quality.json) to make it again, or use another "
+                         "--out folder")
     mine = _seed_settings(config)
     made = {"tie_order": "file", **made}  # recorded since stop 29; before, every walk broke ties in file order
     differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in (*SEED_SETTINGS, "tie_order")
@@ -281,7 +282,7 @@ def run_cell(config, pair, data, model_name: str, method: str, seeds: torch.Tens
 
     legacy = legacy_split(pair.links, seed=42)
     train = legacy.train if seeds is None else seeds
-    cell = {"model": model_name, "seeds": method, "train_pairs": int(train.shape[0])}
+    cell = {"model": model_name, "seeds": method, "train_pairs": int(train.shape[0]), "seeds_digest": pairs_digest(train)}
     splits = {}
     for protocol in config.protocols if protocols is None else protocols:
         if protocol == "legacy":
