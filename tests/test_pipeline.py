@@ -110,6 +110,13 @@ def test_reordered_graph():
     assert torch.equal(back.local_triples[:, [0, 2]], torch.argsort(order)[kg1.local_triples[:, [0, 2]]])
     with pytest.raises(ValueError, match="must be a permutation of range"):
         kg1.reordered(torch.zeros(50, dtype=torch.long))
+    # attribute lists and presence masks move with their entities
+    kg = KnowledgeGraph(torch.tensor([10, 11, 12]), ["a", "b", "c"], torch.tensor([[10, 0, 12]]),
+                        attributes=[["x"], [], ["y", "z"]])
+    kg.set_feature("visual", torch.eye(3), torch.tensor([True, False, True]))
+    moved = kg.reordered(torch.tensor([1, 2, 0]))
+    assert moved.attributes == [[], ["y", "z"], ["x"]] and moved.present["visual"].tolist() == [False, True, True]
+    assert moved.features["visual"].tolist() == [[0, 1, 0], [0, 0, 1], [1, 0, 0]]
 
 
 def test_deterministic_and_ablations(pair):

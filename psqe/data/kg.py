@@ -73,7 +73,7 @@ class KnowledgeGraph:
         >>> back.ids.tolist(), back.names, back.neighbours()[1].tolist()
         ([12, 10, 11], ['c', 'a', 'b'], [1, 0])
         """
-        order = torch.as_tensor(order, dtype=torch.long)
+        order = torch.as_tensor(order, dtype=torch.long).cpu()  # an index: from any device
         if order.shape != (self.num_entities,) or not torch.equal(torch.sort(order).values, torch.arange(self.num_entities)):
             raise ValueError(f"KnowledgeGraph.reordered: order must be a permutation of range({self.num_entities})")
         positions = order.tolist()
