@@ -156,7 +156,7 @@ def topk_similarity(
 
 
 def topk_similarity_both(
-    a: torch.Tensor, b: torch.Tensor, k: int
+    a: torch.Tensor, b: torch.Tensor, k: int, one_score: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k of every row *and* every column of ``a @ b.T``, one GEMM per tile.
 
@@ -170,7 +170,10 @@ def topk_similarity_both(
     kernel makes that pass; other devices run the PyTorch one-pass version
     in :mod:`psqe._reference` (blocks of 1,024 rows: ``1024 x m`` memory and
     a sort per block), not two :func:`topk_similarity` calls, whose column
-    scores, from ``b @ a.T``, could round apart. No ``exclude``: pass the
+    scores, from ``b @ a.T``, could round apart. ``one_score=False`` lets
+    such a device run those two calls (its compiled kernel) where the caller
+    needs the lists but not one score per pair (CSLS means, nearest
+    neighbours); the CPU kernel is used either way. No ``exclude``: pass the
     free rows.
 
     Example:
@@ -181,9 +184,13 @@ def topk_similarity_both(
         >>> ri.squeeze(1).tolist(), ci.squeeze(1).tolist()
         ([0, 2], [0, 1, 1])
     """
-    if not _compiled_for(a) or a.device.type not in ("cpu", "meta"):
+    if not _compiled_for(a):
         return _reference.topk_similarity_both(a, b, k)
-    return torch.ops.psqe.topk_similarity_both(a, b, k)
+    if a.device.type in ("cpu", "meta"):
+        return torch.ops.psqe.topk_similarity_both(a, b, k)
+    if one_score:
+        return _reference.topk_similarity_both(a, b, k)
+    return (*torch.ops.psqe.topk_similarity(a, b, k, None), *torch.ops.psqe.topk_similarity(b, a, k, None))
 
 
 def greedy_match(

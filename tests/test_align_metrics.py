@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import psqe.ops
 from psqe.align import AlignData, clean_split, evaluate, legacy_split, pairs_digest, rank_metrics, ranks
+from psqe.align.metrics import rank_counts, summarize
 from psqe.data import KGPair, KnowledgeGraph
 
 pytestmark = pytest.mark.one_thread
@@ -85,6 +86,22 @@ def test_perfect_embeddings_and_ties():
     assert ranks(left, right, 0).tolist() == [1, 1]  # row 1: both candidates at cosine 0, a tie
     assert ranks(left, torch.tensor([[1.0, 0.0], [1.0, 0.1]]), 0).tolist() == [1, 1]
     assert ranks(left, torch.tensor([[1.0, 0.1], [1.0, 0.0]]), 0).tolist() == [2, 2]
+    # the metrics average over the tie's orders: rank 1 or 2 with equal chance, for both queries
+    assert rank_metrics(left, right, 0) == pytest.approx({"hits@1": 0.5, "hits@10": 1.0, "mrr": 0.75})
+    candidates = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.1], [1.0, 0.1], [0.0, 1.0]])
+    higher, tied = rank_counts(left, candidates, 0, truth=torch.tensor([2, 4]))
+    assert higher.tolist() == [2, 0] and tied.tolist() == [1, 0]  # [1, 0.1] trails both [1, 0] and ties the other
+    # embeddings collapsed to one vector score chance, not a perfect alignment (a validation pick would take them)
+    n = 40
+    chance = {"hits@1": 1 / n, "hits@10": 10 / n, "mrr": sum(1 / r for r in range(1, n + 1)) / n}
+    for k in (0, 3):
+        assert rank_metrics(torch.ones(n, 8), torch.ones(n, 8), csls_k=k) == pytest.approx(chance, rel=1e-12)
+    g = torch.tensor([0, 0, 3, 9])  # higher; tied: 0, 4, 2, 2 -> uniform ranks 1; 1..5; 4..6; 10..12
+    got = summarize(1 + g, (1, 5, 10), torch.tensor([0, 4, 2, 2]))
+    want_mrr = (1 + sum(1 / r for r in range(1, 6)) / 5 + sum(1 / r for r in range(4, 7)) / 3
+                + sum(1 / r for r in range(10, 13)) / 3) / 4
+    assert got == pytest.approx({"hits@1": (1 + 1 / 5) / 4, "hits@5": (1 + 1 + 2 / 3) / 4,
+                                 "hits@10": (1 + 1 + 1 + 1 / 3) / 4, "mrr": want_mrr}, rel=1e-12)
     assert rank_metrics(torch.eye(3), -torch.eye(3), 0) == pytest.approx({"hits@1": 0.0, "hits@10": 1.0, "mrr": 1 / 3})
 
 
@@ -243,7 +260,8 @@ def test_evaluate_protocols_on_planted_embeddings():
     m = evaluate(emb, legacy, data, csls_k=0)
     assert (m["hits@1"], m["mrr"], m["r2l_hits@1"], m["queries"], m["candidates"]) == (1.0, 1.0, 1.0, 4, 4)
     m = evaluate({"joint": emb}, clean, data, csls_k=0)
-    assert (m["hits@1"], m["queries"], m["candidates"]) == (1.0, 4, 7)  # ties count in the query's favour
+    # entity 5's true match ties with 106: rank 1 or 2, so half a hit and a reciprocal rank of 0.75
+    assert (m["hits@1"], m["mrr"], m["queries"], m["candidates"]) == (0.875, 0.9375, 4, 7)
     emb[11] = emb[5] + 0.5 * torch.eye(13)[11]  # the true match of entity 5 is now imperfect (cosine 0.89) ...
     emb[12] = emb[5]  # ... and the distractor strictly better
     m = evaluate(emb, clean, data, csls_k=0)

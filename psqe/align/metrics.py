@@ -10,9 +10,16 @@ candidates and ``r_right(j)`` that of candidate ``j`` to its ``k`` nearest
 queries (``csls_k=0``: plain cosine). Both means come from the fused top-k
 (:func:`psqe.ops.topk_similarity`); the ranks are then counted one block of
 query rows at a time, so memory is ``O(block * m)``, never ``n x m``.
-``rank = 1 + #{candidates with a strictly higher score than the true match}``:
-ties are resolved in the query's favour. The true score is read from the same
-block product as the others, so rounding cannot rank a match below itself.
+:func:`ranks` gives ``1 + #{candidates with a strictly higher score than the
+true match}``, the best rank its ties allow. The metrics (:func:`rank_metrics`,
+:func:`evaluate`) average over the orders of the ``t`` other candidates that
+score exactly like the true match, as a random tie-break would in expectation:
+with ``g`` strictly higher, the rank is uniform on ``g+1 .. g+1+t``, so
+``hits@k`` counts ``clip((k - g) / (t + 1), 0, 1)`` and MRR the mean of
+``1/rank`` over that range. So embeddings that collapse to one vector score
+chance, not 1.0 (the EVA/MEAformer code's sort places ties arbitrarily). The
+true score is read from the same block product as the others, so rounding
+cannot rank a match below itself.
 The EVA/MCLEA/MEAformer code ranks by the squared L2 distance of the
 normalised vectors with CSLS applied to ``1 - distance = 2 cos - 1``: an
 increasing affine map of the cosine, hence the same ranking as here.
@@ -70,7 +77,20 @@ PROTOCOLS = ("legacy", "clean")
 
 @torch.no_grad()
 def ranks(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | None = None, block: int = 1024) -> Tensor:
-    """Rank (1 = best) of each query's true candidate; see the module docstring.
+    """Rank (1 = best) of each query's true candidate, ties in its favour (:func:`rank_counts`'s
+    ``1 + higher``; the metrics average over ties instead: see the module docstring).
+
+    >>> ranks(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), 0, truth=torch.tensor([1])).tolist()
+    [1]
+    """
+    return 1 + rank_counts(left, right, csls_k, truth, block)[0]
+
+
+@torch.no_grad()
+def rank_counts(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | None = None,
+                block: int = 1024) -> tuple[Tensor, Tensor]:
+    """For each query, how many candidates score strictly higher than its true one, and how many others
+    score exactly the same (``(higher, tied)``); see the module docstring.
 
     Args:
         left: ``[n, d]`` queries; right: ``[m, d]`` candidates (any float dtype;
@@ -81,7 +101,7 @@ def ranks(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | None = N
         block: query rows per tile.
 
     Returns:
-        int64 ``[n]`` ranks on ``left``'s device.
+        two int64 ``[n]`` tensors on ``left``'s device.
     """
     _check_table(left, "left")
     _check_table(right, "right")
@@ -103,23 +123,33 @@ def ranks(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | None = N
     dtype = torch.float64 if left.dtype == torch.float64 else torch.float32
     q, c = F.normalize(left.detach().to(dtype), dim=1), F.normalize(right.detach().to(dtype), dim=1)
     if csls_k:
-        top_q, _, top_c, _ = ops.topk_similarity_both(q, c, int(csls_k))  # both neighbourhoods, one pass
+        top_q, _, top_c, _ = ops.topk_similarity_both(q, c, int(csls_k), one_score=False)  # both neighbourhoods
         r_q, r_c = top_q.to(dtype).mean(1), top_c.to(dtype).mean(1)
-    out = torch.empty(n, dtype=torch.long, device=left.device)
+    higher = torch.empty(n, dtype=torch.long, device=left.device)
+    tied = torch.empty(n, dtype=torch.long, device=left.device)
     for s in range(0, n, block):
         score = q[s:s + block] @ c.t()
         if csls_k:
             score = 2 * score - r_q[s:s + block, None] - r_c[None, :]
         true = score.gather(1, truth[s:s + block, None])
-        out[s:s + block] = 1 + (score > true).sum(1)
-    return out
+        higher[s:s + block] = (score > true).sum(1)
+        tied[s:s + block] = (score == true).sum(1) - 1  # not the true candidate itself
+    return higher, tied
 
 
-def summarize(rank: Tensor, hits: Sequence[int] = (1, 10)) -> dict[str, float]:
-    """``{"hits@k": ..., "mrr": ...}`` of a rank vector (1 = best)."""
-    r = rank.double()
-    out = {f"hits@{k}": float((r <= k).double().mean()) for k in hits}
-    out["mrr"] = float((1.0 / r).mean())
+def summarize(rank: Tensor, hits: Sequence[int] = (1, 10), tied: Tensor | None = None) -> dict[str, float]:
+    """``{"hits@k": ..., "mrr": ...}`` of a rank vector (1 = best); with ``tied`` (other candidates scoring
+    like the true one, :func:`rank_counts`), averaged over the orders of those ties.
+
+    >>> summarize(torch.tensor([1, 1]), hits=(1,), tied=torch.tensor([0, 1]))  # the second: rank 1 or 2
+    {'hits@1': 0.75, 'mrr': 0.875}
+    """
+    g = rank.double() - 1
+    t = torch.zeros_like(g) if tied is None else tied.to(g)
+    out = {f"hits@{k}": float(((k - g) / (t + 1)).clamp(0, 1).mean()) for k in hits}
+    # mean of 1/r for r = g+1 .. g+1+t: a difference of harmonic numbers, H(n) = digamma(n + 1) + euler_gamma
+    spread = (torch.special.digamma(g + t + 2) - torch.special.digamma(g + 1)) / (t + 1)
+    out["mrr"] = float(torch.where(t == 0, 1.0 / (g + 1), spread).mean())
     return out
 
 
@@ -131,8 +161,8 @@ def rank_metrics(left: Tensor, right: Tensor, csls_k: int = 3, direction: str = 
     (``direction="l2r"``, the number the community reports);
     ``direction="r2l"`` ranks the rows of ``left`` for each row of ``right``.
     ``truth`` (l2r only) gives the matching row of ``right`` per query when
-    ``right`` holds more candidates than ``left`` has rows. See :func:`ranks`
-    for CSLS (``csls_k``), ties and memory.
+    ``right`` holds more candidates than ``left`` has rows. See the module
+    docstring for CSLS (``csls_k``), ties (averaged over their orders) and memory.
 
     >>> import torch
     >>> left = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -146,7 +176,8 @@ def rank_metrics(left: Tensor, right: Tensor, csls_k: int = 3, direction: str = 
         if truth is not None:
             raise ValueError("rank_metrics: truth is only supported for direction='l2r'")
         left, right = right, left
-    return summarize(ranks(left, right, csls_k, truth, block), hits)
+    higher, tied = rank_counts(left, right, csls_k, truth, block)
+    return summarize(1 + higher, hits, tied)
 
 
 def _check_table(x: Tensor, name: str) -> None:
@@ -284,5 +315,5 @@ def evaluate(embeddings: Tensor | dict[str, Tensor], split: Split, data, part: s
     return {**l2r, **{f"r2l_{k}": v for k, v in r2l.items()}, "queries": pairs.shape[0], "candidates": num_candidates}
 
 
-__all__ = ["PROTOCOLS", "Split", "clean_split", "evaluate", "legacy_split", "pairs_digest", "rank_metrics", "ranks",
-           "summarize"]
+__all__ = ["PROTOCOLS", "Split", "clean_split", "evaluate", "legacy_split", "pairs_digest", "rank_counts", "rank_metrics",
+           "ranks", "summarize"]

@@ -45,7 +45,7 @@ def mutual_nearest(joint: Tensor, left: Tensor, right: Tensor) -> tuple[Tensor, 
         empty = torch.zeros(0, dtype=torch.long, device=joint.device)
         return empty, empty, torch.zeros(0, device=joint.device)
     j = F.normalize(joint.float(), dim=1)
-    sim, a, _, b = ops.topk_similarity_both(j[left], j[right], 1)  # best partner each way, one pass
+    sim, a, _, b = ops.topk_similarity_both(j[left], j[right], 1, one_score=False)  # best partner each way
     a, b, sim = a[:, 0], b[:, 0], sim[:, 0]
     mutual = b[a] == torch.arange(left.numel(), device=joint.device)
     return left[mutual], right[a[mutual]], sim[mutual]
