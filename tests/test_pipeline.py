@@ -119,6 +119,32 @@ def test_reordered_graph():
     assert moved.features["visual"].tolist() == [[0, 1, 0], [0, 0, 1], [1, 0, 0]]
 
 
+def test_the_seed_reaches_stage2(pair, monkeypatch):
+    """PSQEConfig.seed drives Stage II's init and batches too, unless tuning.seed is set; and it matters."""
+    import psqe.seeds.stage2_train as stage2_train
+
+    kg1, kg2, _ = pair
+    seen, tune = [], stage2_train.tune
+    monkeypatch.setattr(stage2_train, "tune", lambda *a, **kw: seen.append(a[3].seed) or tune(*a, **kw))
+    runs = {seed: psqe.generate_seeds(kg1, kg2, small_config(seed=seed, use_stage3=False)) for seed in (0, 5)}
+    psqe.generate_seeds(kg1, kg2, small_config(seed=5, use_stage3=False).replace(tuning={"seed": 1}))
+    assert seen == [0, 5, 1]
+    assert (psqe.PSQEConfig(seed=5).stage2_seed, psqe.PSQEConfig(seed=5).replace(tuning={"seed": 0}).stage2_seed) == (5, 0)
+    tuned = [r.stages["stage2_tuned_global"] for r in runs.values()]
+    assert not torch.equal(tuned[0], tuned[1])  # another Stage II draw: other tuned tables, other global walk
+    with pytest.raises(ValueError, match="TuningConfig.seed must be None or an integer >= 0"):
+        psqe.PSQEConfig().replace(tuning={"seed": -1})
+
+
+def test_a_budget_too_small_for_the_clusters_is_a_clear_error(pair, caplog):
+    kg1, kg2, _ = pair
+    with pytest.raises(ValueError, match=r"Stage I made no seeds.*\[0, 0, 0, 0, 0\] for budget 3 and n_clusters 5"):
+        psqe.generate_seeds(kg1, kg2, psqe.PSQEConfig(budget=3, n_clusters=5))
+    with caplog.at_level("WARNING", logger="psqe.seeds.pipeline"):
+        only1 = psqe.generate_seeds(kg1, kg2, psqe.PSQEConfig(budget=3, n_clusters=5, use_stage2=False))
+    assert only1.seeds.shape == (0, 2) and "Stage III does not run" in caplog.text
+
+
 def test_deterministic_and_ablations(pair):
     kg1, kg2, links = pair
     a = psqe.generate_seeds(kg1, kg2, small_config())

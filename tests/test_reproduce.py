@@ -168,7 +168,7 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
     folder, features, _ = dataset
     quality = json.loads((report / "seeds" / "quality.json").read_text())
     assert quality["uvp"]["made_with"] == {"dataset": str(folder), "setting": "R2", "budget": 150, "seed": 0,
-                                           "psqe_epochs": 5, "tie_order": "shuffled"}
+                                           "psqe_epochs": 5, "tie_order": "shuffled", "stage2_seed": 0}
     base = ["reproduce", "--dataset", str(folder), "--features", str(features), "--models", "eva", "--epochs", "30",
             "--psqe-epochs", "5", "--seeds", "uvp", "--no-supervised", "--protocols", "legacy"]
     copy = tmp_path / "copy"
@@ -198,6 +198,17 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
     quality["uvp"]["made_with"] = settings
     (copy / "seeds" / "quality.json").write_text(json.dumps(quality))
     assert main([*base, "--budget", "150", "--seed", "0", "--out", str(copy)]) == 0  # reused as it is
+    # PSQE's sets also record Stage II's seed (before it was recorded Stage II drew with 0, whatever --seed);
+    # a baseline's set does not depend on it
+    psqe_made = dict(settings, seed=3, stage2_seed=3)
+    del psqe_made["stage2_seed"]
+    from psqe.reproduce.cells import _check_reused
+
+    config = ReproduceConfig(dataset=str(folder), models=("eva",), setting="R2", budget=150, seed=3, psqe_epochs=5)
+    with pytest.raises(ValueError, match=r"stage2_seed 0 \(this run: 3\)"):
+        _check_reused(copy / "seeds" / "psqe.tsv", {"made_with": psqe_made}, config)
+    _check_reused(copy / "seeds" / "psqe.tsv", {"made_with": {**psqe_made, "stage2_seed": 3}}, config)
+    _check_reused(copy / "seeds" / "uvp.tsv", {"made_with": psqe_made}, config)
     assert (copy / "seeds" / "uvp.tsv").read_text() == (report / "seeds" / "uvp.tsv").read_text()
     assert json.loads((copy / "seeds" / "quality.json").read_text())["uvp"] == quality["uvp"]
 

@@ -273,7 +273,8 @@ def test_config_defaults_are_the_scripts():
     cfg = TuningConfig()
     assert (cfg.hidden, cfg.heads, cfg.layers, cfg.lr, cfg.epochs, cfg.batch_size, cfg.temperature) == (
         300, 2, 2, 0.01, 300, 2000, 1.0)
-    assert (cfg.normalize_output, cfg.dropout, cfg.seed, cfg.device, cfg.icl_combine) == (False, 0.0, 0, "cpu", "prob")
+    assert (cfg.normalize_output, cfg.dropout, cfg.seed, cfg.device, cfg.icl_combine) == (False, 0.0, None, "cpu", "prob")
+    assert cfg.rng_seed == 0 and TuningConfig(seed=7).rng_seed == 7  # None: tune alone draws with 0
 
 
 # --- the fused (sparse-matrix) attention path and the hand-written backward passes ---------------

@@ -58,15 +58,19 @@ def _psqe_config(config):
     return cfg.replace(tuning={"epochs": config.psqe_epochs}) if config.psqe_epochs is not None else cfg
 
 
+#: The seed sets made without PSQE's generator (so without Stage II): method -> ``baseline_seeds`` kind.
+BASELINES = {"uvp": "type1", "multimodal": "type2"}
+
 #: The settings a seed set depends on, recorded with it in ``seeds/quality.json`` (``made_with``).
 SEED_SETTINGS = ("dataset", "setting", "budget", "seed", "psqe_epochs")
 
 
 def _seed_settings(config) -> dict:
-    """``config``'s ``SEED_SETTINGS``, the Stage II epochs spelled out (None is the default, 300), and the
-    greedy walks' tie order (``PSQEConfig.tie_order``)."""
+    """``config``'s ``SEED_SETTINGS``, the Stage II epochs spelled out (None is the default, 300), the
+    greedy walks' tie order (``PSQEConfig.tie_order``) and Stage II's seed (``PSQEConfig.stage2_seed``)."""
     cfg = _psqe_config(config)
-    return {**{k: getattr(config, k) for k in SEED_SETTINGS}, "psqe_epochs": cfg.tuning.epochs, "tie_order": cfg.tie_order}
+    return {**{k: getattr(config, k) for k in SEED_SETTINGS}, "psqe_epochs": cfg.tuning.epochs, "tie_order": cfg.tie_order,
+            "stage2_seed": cfg.stage2_seed}
 
 
 def _check_reused(path: Path, entry: dict, config) -> None:
@@ -77,9 +81,10 @@ def _check_reused(path: Path, entry: dict, config) -> None:
                          "order); remove it (and its entry in quality.json) to make it again, or use another "
                          "--out folder")
     mine = _seed_settings(config)
-    made = {"tie_order": "file", **made}  # recorded since stop 29; before, every walk broke ties in file order
-    differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in (*SEED_SETTINGS, "tie_order")
-              if made.get(k) != mine[k]]
+    # recorded since stop 29 / 30; before, every walk broke ties in file order and Stage II drew with seed 0
+    made = {"tie_order": "file", "stage2_seed": 0, **made}
+    keys = (*SEED_SETTINGS, "tie_order") + (("stage2_seed",) if path.stem not in BASELINES else ())
+    differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in keys if made.get(k) != mine[k]]
     if differ:
         raise ValueError(f"reproduce: {path} was made with {'; '.join(differ)}; remove it (and its entry in "
                          f"quality.json) to make it again, or use another --out folder")
@@ -134,7 +139,6 @@ def make_seeds(config, pair, out: Path):
 
     folder = out / "seeds"
     folder.mkdir(exist_ok=True)
-    kinds = {"uvp": "type1", "multimodal": "type2"}  # the baselines; every other set is PSQE's generator
     quality_path = folder / "quality.json"
     quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else {}
     check_seed_files(config, out, quality)
@@ -161,7 +165,7 @@ def make_seeds(config, pair, out: Path):
                 atomic_write(clusters_path, lambda tmp: torch.save(clusters, tmp))
             stages = {name: {k: q.get(k) for k in ("count", "precision", "recall")} for name, q in result.quality.items()}
         else:
-            seeds[method] = baseline_seeds(pair.kg1, pair.kg2, kinds[method], cfg)
+            seeds[method] = baseline_seeds(pair.kg1, pair.kg2, BASELINES[method], cfg)
             stages = {}
         quality[method] = {**seed_quality(pair, seeds[method], clusters), "seconds": round(time.perf_counter() - start, 2),
                            "stages": stages, "made_with": _seed_settings(config)}

@@ -60,7 +60,9 @@ class TuningConfig:
     receptive field (same result, faster); ``fused``: attention aggregation
     as sparse-matrix products (same result, faster; ``False``: PyTorch
     Geometric's edge-list messages); ``log_every`` epochs (0: never);
-    ``seed`` for init and shuffling; ``device`` ``"cpu"`` or ``"cuda"``;
+    ``seed`` for init and shuffling (None: :class:`PSQEConfig`'s ``seed`` when
+    :func:`psqe.generate_seeds` runs it, 0 when :func:`~.stage2_train.tune` is
+    called alone); ``device`` ``"cpu"`` or ``"cuda"``;
     ``visual_precision``: ``"float32"`` (default) or ``"bfloat16"``: the
     visual ``Linear`` (``[N, 2048] x [2048, hidden]``, forward and weight
     gradient: about half of an epoch's time on CPU) multiplies bfloat16
@@ -87,7 +89,7 @@ class TuningConfig:
     subgraph: bool = True
     fused: bool = True
     log_every: int = 50
-    seed: int = 0
+    seed: int | None = None
     device: str = "cpu"
     visual_precision: str = "float32"
 
@@ -101,6 +103,13 @@ class TuningConfig:
             raise ValueError(f"TuningConfig: need temperature > 0, lr > 0, 0 <= dropout < 1; got {self}")
         if self.icl_combine not in ("prob", "log"):
             raise ValueError(f"TuningConfig.icl_combine must be 'prob' or 'log', got {self.icl_combine!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"TuningConfig.seed must be None or an integer >= 0, got {self.seed!r}")
+
+    @property
+    def rng_seed(self) -> int:
+        """The seed the tuning draws with: ``seed``, 0 when None."""
+        return 0 if self.seed is None else self.seed
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,8 @@ class PSQEConfig:
             the linked entities first, so there ``"file"`` order reads the gold links: in R1,
             where same-name entities tie, Type I's seeds are 0.994 precise in file order and
             0.84 shuffled (zh_en; bench/results/README.md, stop 29).
-        seed: random seed of every stage.
+        seed: random seed of every stage (Stage II's too, unless ``tuning.seed`` is set:
+            :attr:`stage2_seed`). Before 2026-12-06 Stage II always drew with 0.
         device: ``"cpu"`` or ``"cuda"``.
     """
 
@@ -165,6 +175,11 @@ class PSQEConfig:
             raise ValueError(f"PSQEConfig.stage3_schedule must be 'paper' or 'script', got {self.stage3_schedule!r}")
         if not -1.0 <= self.eta <= 1.0:
             raise ValueError(f"PSQEConfig.eta is a cosine threshold in [-1, 1], got {self.eta}")
+
+    @property
+    def stage2_seed(self) -> int:
+        """The seed Stage II's tuning draws with: ``tuning.seed``, else ``seed``."""
+        return self.seed if self.tuning.seed is None else self.tuning.seed
 
     def replace(self, **changes) -> "PSQEConfig":
         """A copy with some fields changed (``tuning`` may be given as a dict)."""

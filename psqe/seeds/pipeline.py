@@ -111,6 +111,14 @@ def generate_seeds(
     stages["stage1"] = current = s1.seeds.cpu()
     result.clusters = (s1.labels1.cpu(), s1.labels2.cpu())
     result.timings["stage1"] = time.perf_counter() - start
+    if current.shape[0] == 0 and cfg.use_stage2:
+        raise ValueError(f"generate_seeds: Stage I made no seeds, so Stage II has nothing to tune on: the cluster "
+                         f"budgets floor(budget * |C_j| / (|E1| + |E2|)), capped by each side's members, are "
+                         f"{s1.budgets} for budget {cfg.budget} and n_clusters {cfg.n_clusters}; raise the budget "
+                         "or lower n_clusters")
+    if cfg.use_stage3 and not cfg.use_stage2:
+        log.warning("generate_seeds: use_stage3 needs Stage II's tuned tables; with use_stage2=False Stage III "
+                    "does not run")
 
     if cfg.use_stage2:
         from .stage2_train import tune  # imports PyTorch Geometric: only when Stage II runs
@@ -118,7 +126,7 @@ def generate_seeds(
         start = time.perf_counter()
         n1 = kg1.num_entities
         edge_index = pair.union_adjacency.indices().to(cfg.device)
-        tuning = dataclasses.replace(cfg.tuning, device=cfg.device)
+        tuning = dataclasses.replace(cfg.tuning, device=cfg.device, seed=cfg.stage2_seed)
         pair_features = {m: torch.cat([t1[m], t2[m]]) for m in w}
         pair_seeds = torch.stack([current[:, 0], current[:, 1] + n1], dim=1).to(cfg.device)
         tuned = tune(pair_features, edge_index, pair_seeds, tuning)

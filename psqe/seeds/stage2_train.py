@@ -188,7 +188,7 @@ def _model(features: dict[str, Tensor], config: TuningConfig) -> ContrastiveTune
     dims = [features[m].size(1) if m in features else None for m in MODALITIES]
     devices = [torch.device(config.device).index or 0] if torch.device(config.device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # init on CPU: same parameters on every device
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.rng_seed)
         model = ContrastiveTuner(*dims, hidden=config.hidden, heads=config.heads, layers=config.layers,
                                  dropout=config.dropout, negative_scores=config.negative_scores)
     return model.to(config.device)
@@ -247,7 +247,7 @@ def fit(features: dict[str, Tensor | None], edge_index: Tensor, seeds: Tensor, c
         pair_local, num_dst, inputs = seeds, None, _encoder_inputs(feats, cfg)
         edges = Adjacency.build(edge_index, n, n) if cfg.fused and "visual" in feats else edge_index
     optimizer = _adamw(model, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.rng_seed)
     show = sys.stderr.isatty() if progress is None else progress
     losses: list[float] = []
     model.train()
