@@ -41,6 +41,28 @@ def test_kmeans_matches_sklearn_on_blobs():
     assert len(pairs) == 3
 
 
+def test_kmeans_cluster_sums_by_gemm_equal_index_add():
+    """The one-hot GEMM (CUDA's deterministic path) sums each cluster's rows as index_add_ does (CPU's)."""
+    from psqe.seeds.kmeans import _cluster_sums
+
+    g = torch.Generator().manual_seed(3)
+    x, labels = torch.randn(3000, 40, generator=g), torch.randint(0, 6, (3000,), generator=g)
+    labels[labels == 4] = 5  # cluster 4 left empty: zero sums
+    want = torch.stack([x[labels == j].double().sum(0) for j in range(6)]).float()
+    for gemm in (True, False):
+        got = _cluster_sums(x, labels, 6, gemm)
+        assert got.shape == (6, 40) and not bool(got[4].any())
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_kmeans_is_deterministic_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x, _ = blobs(3000, torch.randn(5, 64, generator=torch.Generator().manual_seed(0)), 2.0, seed=4)
+    runs = [kmeans(x.cuda(), 5, seed=2) for _ in range(3)]
+    assert all(torch.equal(r, runs[0]) for r in runs)
+
+
 @pytest.mark.parametrize("k,message", [(0, "k must be in"), (10_000, "k must be in")])
 def test_kmeans_bad_k(k, message):
     with pytest.raises(ValueError, match=message):
