@@ -129,11 +129,11 @@ def rank_counts(left: Tensor, right: Tensor, csls_k: int = 3, truth: Tensor | No
     tied = torch.empty(n, dtype=torch.long, device=left.device)
     for s in range(0, n, block):
         score = q[s:s + block] @ c.t()
-        if csls_k:
-            score = 2 * score - r_q[s:s + block, None] - r_c[None, :]
+        if csls_k:  # in place: one block of scores in memory
+            score.mul_(2).sub_(r_q[s:s + block, None]).sub_(r_c[None, :])
         true = score.gather(1, truth[s:s + block, None])
-        higher[s:s + block] = (score > true).sum(1)
-        tied[s:s + block] = (score == true).sum(1) - 1  # not the true candidate itself
+        higher[s:s + block] = torch.count_nonzero(score > true, dim=1)
+        tied[s:s + block] = torch.count_nonzero(score == true, dim=1) - 1  # not the true candidate itself
     return higher, tied
 
 
