@@ -178,6 +178,17 @@ def test_train_config_and_bad_config():
             PCMEAConfig(**bad)
 
 
+def test_fit_refuses_iterative_learning_beside_pseudo_links():
+    """Iterative learning would not see PCMEA's pseudo-links and could pair their entities again."""
+    import dataclasses
+
+    data = AlignData.from_pair(make_pair(120, seed=1))
+    model = PCMEA(data, PCMEAConfig(graph_dim=8, visual_dim=4, attribute_dim=4, relation_dim=4), seed=0)
+    cfg = dataclasses.replace(pcmea_train_config(epochs=2), il=True)
+    with pytest.raises(ValueError, match=r"PCMEA adds its own training pairs .* train it with il=False"):
+        fit(model, data, data.links[:30], cfg, progress=False)
+
+
 def test_build_aligner_scales_the_schedule_with_epochs(align_setup):
     from psqe.align import build_aligner
 

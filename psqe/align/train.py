@@ -227,6 +227,10 @@ def fit(model: nn.Module, data: AlignData, train_pairs: Tensor, config: TrainCon
     train = data.check_pairs(train_pairs, "train_pairs")
     if train.shape[0] == 0:
         raise ValueError("fit: train_pairs is empty")
+    if cfg.il and getattr(model, "extra_train_pairs", None) is not None:
+        raise ValueError(f"fit: {type(model).__name__} adds its own training pairs (extra_train_pairs), which "
+                         "iterative learning (il=True) would not see: it could propose entities already "
+                         "paired; train it with il=False")
     val = None if val_pairs is None else data.check_pairs(val_pairs, "val_pairs", one_to_one=False)
     if val is not None and bool(torch.isin(val.flatten(), train.flatten()).any()):
         log.warning("fit: val_pairs share entities with train_pairs (fine for the legacy protocol only)")

@@ -127,6 +127,7 @@ class _ICL(torch.autograd.Function):
     """:func:`icl_loss` with a hand-written backward (see there)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the [2B, 2B] logits in float32 under AMP
     def forward(ctx, h1: Tensor, h2: Tensor, temperature: float, combine: str) -> Tensor:
         b = h1.size(0)
         h = torch.cat([h1, h2])
@@ -150,6 +151,7 @@ class _ICL(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):
         h, p, weight = ctx.saved_tensors
         t, b = ctx.temperature, h.size(0) // 2
