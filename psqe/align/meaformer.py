@@ -40,7 +40,11 @@ enters ``autocast``, i.e. trains in float32 (``amp=False`` reproduces that).
 schedule when iterative learning begins, which :func:`~psqe.align.fit` does not.
 
 Deviations: the authors' optional "replay" hard negatives and projection
-heads are off in their runs and not implemented; their per-epoch evaluation
+heads are off in their runs and not implemented. Their code reads the output
+tokens back in another order than it fed them (token 0, the image's, comes
+back as the graph's, and so on), so each uncertainty weight there mixes one
+modality's raw term with another's hidden-state term; here weight ``m``
+takes modality ``m``'s raw and hidden terms. Their per-epoch evaluation
 on the test set with best-test restore belongs to the evaluation protocol
 (:mod:`psqe.align.metrics`), not to the model.
 
