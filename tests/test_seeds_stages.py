@@ -55,9 +55,9 @@ def test_kmeans_cluster_sums_by_gemm_equal_index_add():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_kmeans_is_deterministic_on_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     x, _ = blobs(3000, torch.randn(5, 64, generator=torch.Generator().manual_seed(0)), 2.0, seed=4)
     runs = [kmeans(x.cuda(), 5, seed=2) for _ in range(3)]
     assert all(torch.equal(r, runs[0]) for r in runs)
