@@ -71,6 +71,18 @@ def test_non_integer_id(eva):
     raises_at(eva, "ent_ids_2", 2, "field 1 is not an integer id: '7x'")
 
 
+@pytest.mark.parametrize("field", ["0_1", "\u0661", "1.0"])  # int() takes the first two; a file must not
+def test_integer_ids_are_ascii_digits(eva, field):
+    replace_line(eva / "ill_ent_ids", 2, f"{field}\t7")
+    raises_at(eva, "ill_ent_ids", 2, f"field 1 is not an integer id: {field!r}")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_empty_link_file(eva, text):
+    (eva / "ill_ent_ids").write_text(text)
+    raises_at(eva, "ill_ent_ids", None, "lists no links")
+
+
 def test_non_integer_id_in_triples(eva):
     replace_line(eva / "triples_2", 4, "9\tr\t10")
     raises_at(eva, "triples_2", 4, "field 2 is not an integer id: 'r'")

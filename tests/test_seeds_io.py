@@ -30,6 +30,9 @@ def test_text_and_npy_read_the_same_pairs(tmp_path):
     ("1\n", "line 1: expected 'id1<TAB>id2'"),
     ("a\tb\n", "line 1: expected 'id1<TAB>id2'"),
     ("1.0\t2\n", "line 1: expected 'id1<TAB>id2'"),
+    ("1\t2\n--5\t3\n", "line 2: expected 'id1<TAB>id2'"),  # passed a lstrip('-').isdigit() test, then int() failed
+    ("1\t2\n\u00b2\t3\n", "line 2: expected 'id1<TAB>id2'"),  # a superscript digit: isdigit() but not int()
+    ("0_1\t2\n", "line 1: expected 'id1<TAB>id2'"),
 ])
 def test_bad_text_files_name_the_line(tmp_path, content, message):
     path = tmp_path / "seeds.tsv"
@@ -58,6 +61,15 @@ def test_pickled_npy_is_refused_not_loaded(tmp_path):
     path = tmp_path / "seeds.npy"
     np.save(path, np.array([[0, 1], None], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="not a plain .npy array"):
+        read_seeds(path)
+
+
+def test_byte_order_mark_and_bad_encoding(tmp_path):
+    path = tmp_path / "seeds.tsv"
+    path.write_bytes("\ufeff1\t2\r\n3\t4\r\n".encode("utf-8"))  # as a Windows editor saves it
+    assert read_seeds(path).tolist() == [[1, 2], [3, 4]]
+    path.write_bytes(b"1\t2\n3\t4\xe9\n")
+    with pytest.raises(ValueError, match=r"seeds.tsv, line 2: not UTF-8 text"):
         read_seeds(path)
 
 

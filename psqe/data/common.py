@@ -106,29 +106,18 @@ class Rows:
     def int_array(self, columns: int | None = None) -> np.ndarray:
         """The first ``columns`` fields (default: all) as an int64 ``[rows, columns]`` array."""
         k = columns if columns is not None else (len(self.rows[0]) if self.rows else 0)
-        try:
-            flat = [int(x) for r in self.rows for x in r[:k]]
-        except ValueError:
-            for i, r in enumerate(self.rows):
-                for j, x in enumerate(r[:k]):
-                    try:
-                        int(x)
-                    except ValueError:
-                        raise self.error(i, f"field {j + 1} is not an integer id: {x!r}") from None
-            raise
-        return self._int64(flat, range(k)).reshape(len(self.rows), k)
+        for i, r in enumerate(self.rows):
+            for j, x in enumerate(r[:k]):
+                if not _INTEGER.fullmatch(x):
+                    raise self.error(i, f"field {j + 1} is not an integer id: {x!r}")
+        return self._int64([int(x) for r in self.rows for x in r[:k]], range(k)).reshape(len(self.rows), k)
 
     def int_column(self, j: int) -> np.ndarray:
         """Field ``j`` (0-based) as int64 ``[rows]``; a non-integer names its line."""
-        try:
-            return self._int64([int(r[j]) for r in self.rows], (j,))
-        except ValueError:
-            for i, r in enumerate(self.rows):
-                try:
-                    int(r[j])
-                except ValueError:
-                    raise self.error(i, f"field {j + 1} is not an integer id: {r[j]!r}") from None
-            raise
+        for i, r in enumerate(self.rows):
+            if not _INTEGER.fullmatch(r[j]):
+                raise self.error(i, f"field {j + 1} is not an integer id: {r[j]!r}")
+        return self._int64([int(r[j]) for r in self.rows], (j,))
 
 
     def _int64(self, values: list[int], columns) -> np.ndarray:
@@ -178,6 +167,9 @@ def read_rows(path: str | Path, fields: int | tuple[int, int | None]) -> Rows:
 
 
 _BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)
+#: An integer id as the files write it: ASCII digits, an optional sign, spaces around (``int()`` alone would
+#: also take ``0_1`` or other scripts' digits).
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 class IntTable:

@@ -163,6 +163,8 @@ def _read_triples(path: Path, own: np.ndarray, other: np.ndarray, k: int) -> np.
 def _read_links(path: Path, ids: list[np.ndarray]) -> tuple[IntTable, np.ndarray]:
     rows = IntTable(path, 2)
     arr = rows.array
+    if arr.shape[0] == 0:  # an absent file loads without links (warned); an empty one is a broken file
+        raise DatasetError("lists no links (expected 'id1<TAB>id2' lines)", path)
     check_links(rows, arr, (ids[0], ids[1]), ("ent_ids_1", "ent_ids_2"))
     return rows, arr
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 
 from ..features._util import atomic_write
 from .pipeline import SeedResult
+
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take "0_1", "+1" or other scripts' digits
 
 
 def tsv_text(seeds: torch.Tensor) -> str:
@@ -80,15 +83,19 @@ def read_seeds(path: str | Path) -> torch.Tensor:
         lines = list(range(1, seeds.shape[0] + 1))
     else:
         rows, lines = [], []
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 2 or not all(f.lstrip("-").isdigit() for f in fields):
-                    raise ValueError(f"seeds file {path}, line {number}: expected 'id1<TAB>id2' (two integers), got {line.rstrip()!r}")
-                rows.append((int(fields[0]), int(fields[1])))
-                lines.append(number)
+        try:
+            text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark, as the dataset loaders accept
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise ValueError(f"seeds file {path}, line {line}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not all(_INTEGER.fullmatch(f) for f in fields):
+                raise ValueError(f"seeds file {path}, line {number}: expected 'id1<TAB>id2' (two integers), got {line.rstrip()!r}")
+            rows.append((int(fields[0]), int(fields[1])))
+            lines.append(number)
         seeds = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
     if seeds.shape[0] == 0:
         raise ValueError(f"seeds file {path} holds no seed pairs")
