@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "features":
         if args.no_text and args.setting == "R1":
             parser.error("--no-text: R1's visual slot is the text embedding of the names; use R0 or R2")
+        _check_device(parser, args.device)
         return _features(args)
     if args.command == "seeds":
         return _seeds(args, parser)
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--epochs must be >= 0, got {args.epochs}")
         if args.seeds > args.entities:
             parser.error(f"--seeds {args.seeds} exceeds --entities {args.entities}")
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: no CUDA device is available")
+        _check_device(parser, args.device)
         report = run_demo(args.entities, args.seeds, args.epochs, args.seed, args.device, None if args.out == "-" else args.out)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -159,8 +159,7 @@ def _align_or_reproduce(args, parser) -> int:
     def names(text: str) -> tuple[str, ...]:
         return tuple(x.strip().lower() for x in text.split(",") if x.strip())
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device is available")
+    _check_device(parser, args.device)
     for flag in ("epochs", "train_seed", "psqe_epochs"):  # named as the user typed them
         value = getattr(args, flag, None)
         if value is not None and value < 0:
@@ -207,6 +206,18 @@ def _align_or_reproduce(args, parser) -> int:
     return 0
 
 
+def _check_device(parser, device: str, what: str = "--device") -> None:
+    """``device`` must name the CPU or an available CUDA device (before any data is loaded)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        parser.error(f"{what} {device!r}: not a device name (cpu, cuda, cuda:N)")
+    if dev.type not in ("cpu", "cuda"):
+        parser.error(f"{what} {device!r}: psqe runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"{what} {device}: no CUDA device is available")
+
+
 def _features(args) -> int:
     from .data import load_dataset
     from .features import build_feature_set, save_feature_set
@@ -243,12 +254,15 @@ def _seeds(args, parser) -> int:
     if "budget" not in fields:
         fields["budget"] = paper_budget(args.dataset)
         log.info("seed budget %d: the paper's for %s (--budget to change it)", fields["budget"], args.dataset)
+    if not isinstance(fields.get("tuning", {}), dict):
+        parser.error(f"--config {args.config}: tuning must be a JSON object of TuningConfig fields")
     if args.visual_precision is not None:
         fields["tuning"] = {**fields.get("tuning", {}), "visual_precision": args.visual_precision}
     try:
         config = PSQEConfig().replace(**fields)
     except (TypeError, ValueError) as err:
         parser.error(f"{'--config ' + args.config if args.config else 'psqe seeds'}: {err}")
+    _check_device(parser, config.device, "--device" if args.device is not None else f"--config {args.config}: device")
     pair = load_dataset(args.dataset, root=args.root)
     load_feature_set(pair, args.features)
     require_seed_slots(pair, f"--features {args.features}")

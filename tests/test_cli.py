@@ -63,6 +63,12 @@ def test_demo_is_deterministic(demo_report, tmp_path):
     (["demo", "--epochs", "-1"], "--epochs must be >= 0"),
     (["features", "DBP15K/zh_en", "--setting", "R1", "--no-text", "--out", "f.safetensors"],
      "--no-text: R1's visual slot is the text embedding"),
+    # the device is checked before any data is read (the dataset named here does not exist)
+    (["features", "nowhere", "--setting", "R2", "--out", "f.safetensors", "--device", "bogus"],
+     "--device 'bogus': not a device name"),
+    (["seeds", "nowhere", "--features", "f.safetensors", "--out", "o", "--device", "meta"],
+     "--device 'meta': psqe runs on cpu or cuda"),
+    (["demo", "--device", "cuda:x"], "--device 'cuda:x': not a device name"),
 ])
 def test_bad_arguments_name_the_option(capsys, argv, message):
     with pytest.raises(SystemExit):
@@ -134,6 +140,12 @@ def test_seeds_budget_defaults_to_the_papers(tmp_path, capsys, caplog):
 @pytest.mark.parametrize("text, message", [
     ('{"no_such_field": 1}', "no_such_field"),
     ('{"tuning": {"visual_precision": "float8"}}', "visual_precision must be one of"),
+    ('{"n_clusters": 2.5}', "PSQEConfig.n_clusters must be an integer, got 2.5"),
+    ('{"budget": true}', "PSQEConfig.budget must be an integer, got True"),
+    ('{"tuning": 5}', "tuning must be a JSON object of TuningConfig fields"),
+    ('{"tuning": {"epochs": 1.5}}', "TuningConfig.epochs must be an integer, got 1.5"),
+    ('{"tuning": {"epoch": 10}}', "PSQEConfig.tuning has no field epoch"),
+    ('{"device": "tpu"}', "device 'tpu': not a device name"),
 ])
 def test_seeds_command_rejects_a_bad_config(tmp_path, capsys, text, message):
     bad = tmp_path / "cfg.json"

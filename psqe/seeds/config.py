@@ -46,6 +46,14 @@ def paper_budget(dataset: str) -> int:
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def _require_ints(config, names: tuple[str, ...]) -> None:
+    """Each field in ``names`` holds an int (not a bool, not a float: JSON configs give either)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{type(config).__name__}.{name} must be an integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TuningConfig:
     """Stage II tuning settings; defaults are the authors' script values (PSQE-SPEC.md).
@@ -94,6 +102,7 @@ class TuningConfig:
     visual_precision: str = "float32"
 
     def __post_init__(self) -> None:
+        _require_ints(self, ("hidden", "heads", "layers", "epochs", "batch_size", "log_every"))
         if self.visual_precision not in PRECISIONS:
             raise ValueError(f"TuningConfig.visual_precision must be one of {sorted(PRECISIONS)}, got {self.visual_precision!r}")
         for name, low in (("hidden", 1), ("heads", 1), ("layers", 1), ("batch_size", 1), ("epochs", 0), ("log_every", 0)):
@@ -163,6 +172,9 @@ class PSQEConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        _require_ints(self, ("budget", "n_clusters", "candidates_k", "seed"))
+        if not isinstance(self.tuning, TuningConfig):
+            raise TypeError(f"PSQEConfig.tuning must be a TuningConfig (or a dict of its fields), got {self.tuning!r}")
         if self.tie_order not in ("shuffled", "file"):
             raise ValueError(f"PSQEConfig.tie_order must be 'shuffled' or 'file', got {self.tie_order!r}")
         if self.budget < 1:
@@ -184,5 +196,8 @@ class PSQEConfig:
     def replace(self, **changes) -> "PSQEConfig":
         """A copy with some fields changed (``tuning`` may be given as a dict)."""
         if isinstance(changes.get("tuning"), dict):
+            unknown = set(changes["tuning"]) - {f.name for f in dataclasses.fields(TuningConfig)}
+            if unknown:
+                raise TypeError(f"PSQEConfig.tuning has no field {', '.join(sorted(unknown))}")
             changes["tuning"] = dataclasses.replace(self.tuning, **changes["tuning"])
         return dataclasses.replace(self, **changes)
