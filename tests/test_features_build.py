@@ -141,6 +141,39 @@ def test_save_and_load_feature_set(pair, bert, tmp_path):
         load_feature_set(other, tmp_path / "none.safetensors")
 
 
+def test_a_bad_feature_file_is_named_and_attaches_nothing(tmp_path):
+    """Corrupt, truncated, foreign or inconsistent files: a ValueError naming the file; the pair keeps its tables."""
+    from safetensors.torch import save_file
+
+    pair = random_pair(n=50, links=40, triples=100, relations=3, seed=1)
+    pair.kg1.set_feature("visual", torch.ones(50, 4))
+    good = {f"kg{k}/ids": kg.ids for k, kg in ((1, pair.kg1), (2, pair.kg2))}
+    meta = {"format": "psqe-features-v1"}
+    n2 = pair.kg2.num_entities
+    cases = {
+        "garbage": (b"\xff" * 64, "not a readable safetensors file"),
+        "empty": (b"", "not a readable safetensors file"),
+        "foreign": ({"x": torch.zeros(2)}, None, "not written by psqe.features.save_feature_set"),
+        "no_mask": ({**good, "kg1/relation": torch.zeros(50, 3)}, meta, "table kg1/relation has no kg1/relation.present"),
+        "bad_summary": (good, {**meta, "summary": "{not json"}, "Expecting property name"),
+        # kg1's table is fine, kg2's has the wrong row count: kg1 must not keep the file's table either
+        "half": ({**good, "kg1/visual": torch.zeros(50, 4), "kg1/visual.present": torch.ones(50, dtype=torch.bool),
+                  "kg2/visual": torch.zeros(n2 - 1, 4), "kg2/visual.present": torch.ones(n2 - 1, dtype=torch.bool)},
+                 meta, r"kg2: feature 'visual': expected shape"),
+    }
+    for name, case in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        if isinstance(case[0], bytes):
+            path.write_bytes(case[0])
+        else:
+            save_file(case[0], str(path), metadata=case[1])
+        with pytest.raises(ValueError, match=case[-1]) as info:
+            load_feature_set(pair, path)
+        assert str(path) in str(info.value), name
+        assert set(pair.kg1.features) == {"visual"} and bool((pair.kg1.features["visual"] == 1).all()), name
+        assert not pair.kg2.features, name
+
+
 def test_entity_names_fall_back_to_uris(pair):
     n1, n2 = entity_names(pair)
     assert n1[0] == ["e0"] and len(n2) == 500

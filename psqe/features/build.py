@@ -289,16 +289,33 @@ def load_feature_set(pair, path: str | os.PathLike) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"feature file {path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "psqe-features-v1":
-            raise ValueError(f"feature file {path} was not written by psqe.features.save_feature_set")
-        keys = set(f.keys())
-        for k, kg in ((1, pair.kg1), (2, pair.kg2)):
-            if f"kg{k}/ids" not in keys or not torch.equal(f.get_tensor(f"kg{k}/ids"), kg.ids):
-                raise ValueError(f"feature file {path}: its kg{k} entity ids differ from the pair's")
-            for key in sorted(keys):
-                if key.startswith(f"kg{k}/") and not key.endswith((".present", "/ids")):
-                    name = key.split("/", 1)[1]
-                    kg.set_feature(name, f.get_tensor(key), f.get_tensor(f"{key}.present"))
-    return json.loads(meta.get("summary", "{}"))
+    tables: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {1: {}, 2: {}}
+    try:  # everything is read and checked before anything is attached: a bad file leaves the pair as it was
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "psqe-features-v1":
+                raise ValueError("not written by psqe.features.save_feature_set")
+            keys = set(f.keys())
+            for k, kg in ((1, pair.kg1), (2, pair.kg2)):
+                if f"kg{k}/ids" not in keys or not torch.equal(f.get_tensor(f"kg{k}/ids"), kg.ids):
+                    raise ValueError(f"its kg{k} entity ids differ from the pair's")
+                for key in sorted(keys):
+                    if key.startswith(f"kg{k}/") and not key.endswith((".present", "/ids")):
+                        if f"{key}.present" not in keys:
+                            raise ValueError(f"table {key} has no {key}.present mask")
+                        tables[k][key.split("/", 1)[1]] = (f.get_tensor(key), f.get_tensor(f"{key}.present"))
+            summary = json.loads(meta.get("summary", "{}"))
+    except (ValueError, TypeError) as err:  # safetensors' own errors, JSON errors and the checks above
+        raise ValueError(f"feature file {path}: {err}") from None
+    except Exception as err:  # SafetensorError (a truncated or foreign file) derives from Exception only
+        raise ValueError(f"feature file {path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    before = [(dict(kg.features), dict(kg.present)) for kg in (pair.kg1, pair.kg2)]
+    for k, kg in ((1, pair.kg1), (2, pair.kg2)):
+        for name, (table, present) in tables[k].items():
+            try:
+                kg.set_feature(name, table, present)  # checks shape, dtype, finiteness and the mask
+            except (ValueError, TypeError) as err:
+                for g, (features, masks) in zip((pair.kg1, pair.kg2), before):
+                    g.features, g.present = features, masks
+                raise ValueError(f"feature file {path}: kg{k}: {err}") from None
+    return summary
