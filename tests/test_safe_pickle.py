@@ -72,6 +72,25 @@ def test_numpy1_module_names_and_ordered_dict():
     assert loaded[3].tolist() == [1.0, 1.0]
 
 
+def test_malformed_numpy_state_is_an_error_not_a_crash():
+    """numpy trusts a pickled dtype's state tuple, and a short one killed the interpreter (numpy 2.4); object
+    arrays and scalars have no place in a feature pickle. Each is a DatasetError naming the source."""
+
+    class ShortDtypeState:  # pickles as numpy.dtype('f4', False, True) then BUILD with a 6-tuple state
+        def __reduce__(self):
+            return (np.dtype, ("f4", False, True), (3, "<", None, -1, -1, 0))
+
+    short = pickle.dumps({0: ShortDtypeState()}, protocol=2)  # never pickle.loads this: it is the crash
+    with pytest.raises(DatasetError, match=r"bad.pkl: not a readable feature pickle: a malformed numpy dtype state"):
+        safe_loads(short, source="bad.pkl")
+    for obj in (np.array([1, "a"], dtype=object), {1: np.array([None])}):
+        with pytest.raises(UnsafePickleError, match="refused a numpy array of dtype dtype\\('O'\\): not numeric"):
+            safe_loads(pickle.dumps(obj, protocol=2))
+    with pytest.raises(DatasetError, match="not a readable feature pickle: MemoryError|not a readable feature pickle"):
+        safe_loads(b"\x80\x02X\xff\xff\xff\x7f")  # a string claiming 2 GB: any failure is named, none escapes
+    assert safe_loads(pickle.dumps({1: np.float64(2.5)}, protocol=2)) == {1: 2.5}  # numeric scalars still load
+
+
 def test_pickled_table_and_garbage(tmp_path):
     (tmp_path / "names.pkl").write_bytes(pickle.dumps(np.eye(3)))
     assert read_id_features(tmp_path / "names.pkl").ids.tolist() == [0, 1, 2]
