@@ -122,7 +122,33 @@ def test_glove_file_and_errors(pair, bert, tmp_path):
     fresh.kg1.set_feature("visual", torch.ones(50, 4))
     fresh.kg2.set_feature("visual", torch.ones(50, 4))
     summary = build_feature_set(fresh, "R0", text_encoder=enc, glove=False)
-    assert summary["modalities"]["visual"] == {"dim": 4, "coverage": [1.0, 1.0], "source": "R0: loaded image features"}
+    assert summary["modalities"]["visual"]["coverage"] == [1.0, 1.0]
+    assert summary["modalities"]["visual"]["source"].startswith("R0: loaded image features")
+    assert bool((fresh.kg1.features["visual"] == 1).all())  # every entity has an image: nothing replaced
+
+
+def test_r0_replaces_missing_images_by_evas_rule(tmp_path):
+    """Entities without an image get a draw from N(mean, std) of the present rows (both graphs together),
+    not zero rows; the presence mask still says which rows are real; the same seed gives the same rows."""
+    from loader_files import write_dbp_pair
+
+    from psqe.data import load_dataset
+
+    tables = []
+    for seed in (0, 0, 1):
+        pair = load_dataset(write_dbp_pair(tmp_path / f"s{len(tables)}", with_images=(0, 2, 7)))
+        build_feature_set(pair, "R0", text=False, glove=False, seed=seed)
+        tables.append(torch.cat([pair.kg1.features["visual"], pair.kg2.features["visual"]]))
+    present = torch.cat([pair.kg1.present["visual"], pair.kg2.present["visual"]])
+    ids = torch.cat([pair.kg1.ids, pair.kg2.ids])
+    assert sorted(ids[present].tolist()) == [0, 2, 7] and int((~present).sum()) == 8
+    table = tables[0]
+    assert torch.equal(table[present], torch.stack([torch.full((4,), float(i)) for i in ids[present].tolist()]))
+    missing = table[~present]
+    assert not bool((missing == 0).all(1).any())  # no zero rows left
+    mean, std = 3.0, float(torch.tensor([0.0, 2.0, 7.0]).std(unbiased=False))
+    assert abs(float(missing.mean()) - mean) < 3 * std and float(missing.std()) > 0.5  # drawn, not constant
+    assert torch.equal(tables[0], tables[1]) and not torch.equal(tables[0], tables[2])
 
 
 def test_save_and_load_feature_set(pair, bert, tmp_path):

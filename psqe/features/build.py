@@ -3,8 +3,8 @@
 =========  ==========================================  ==========================  ===================
 setting    ``visual`` (seed generator, weight 0.8)      ``attribute`` (0.1)         ``relation`` (0.1)
 =========  ==========================================  ==========================  ===================
-R0         the loaded image features (EVA pickles)     text mean of attribute      text mean of relation
-                                                       names                       names
+R0         the loaded image features (EVA pickles;      text mean of attribute      text mean of relation
+           missing ones: EVA's N(mean, std) draw)      names                       names
 R1         text embedding of the entity's name         as R0; absent unless both   as R0
            (names as pivot)                            graphs have attributes
 R2         SIMULATED (:mod:`psqe.features.simulated`)  as R1                       as R1
@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ._util import atomic_write, uri_to_text
+from .image import fill_missing
 from .simulated import SimulationConfig, simulate_visual
 from .surface import (attribute_bags, char_bigram_features, char_bigram_vocab, glove_name_features, load_glove,
                       relation_bags, tokenize)
@@ -211,9 +212,15 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
                 "R2: SIMULATED visual modality (uses gold links)")
         summary["calibration"] = sim.summary()
     else:
+        present = torch.cat([kg.present["visual"] for kg in kgs])
+        if not bool(present.all()):  # EVA's rule, over both graphs' rows together, as the loaders' docs promise
+            filled = fill_missing(torch.cat([kg.features["visual"] for kg in kgs]), present, seed=seed)
+            for kg, rows in zip(kgs, (filled[:n1], filled[n1:])):
+                kg.set_feature("visual", rows, kg.present["visual"])
         summary["modalities"]["visual"] = {"dim": int(pair.kg1.features["visual"].shape[1]),
                                            "coverage": [_coverage(kg.present["visual"]) for kg in kgs],
-                                           "source": "R0: loaded image features"}
+                                           "source": "R0: loaded image features; entities without one: a draw "
+                                                     "from N(mean, std) of the others (EVA's rule)"}
     summary["seconds"]["visual"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
