@@ -195,6 +195,19 @@ def test_image_features_for_unknown_ids(tmp_path):
     raises_at(folder, "fr_en_GA_id_img_feature_dict.pkl", None, "2 feature ids are entities of neither graph")
 
 
+@pytest.mark.parametrize("file, line, text, message", [
+    ("rel_triples_1", 2, "http://d/b\thttp://d/r2\thttp://d/c ", r"field 3 \(tail\) has spaces around it: 'http://d/c '"),
+    ("rel_triples_1", 2, "http://d/b\t\thttp://d/c", r"field 2 \(relation\) is empty"),
+    ("attr_triples_2", 1, " http://w/Q4\thttp://w/label\tq4", r"field 1 \(entity\) has spaces around it"),
+    ("ent_links", 3, "http://d/c\t ", r"field 2 \(kg2 entity\) is empty"),
+])
+def test_openea_padded_or_empty_names(tmp_path, file, line, text, message):
+    """A padded URI would be a new entity beside the real one (its triples and links moved to it, silently)."""
+    folder = write_openea(tmp_path / "oea")
+    replace_line(folder / file, line, text)
+    raises_at(folder, file, line, message)
+
+
 def test_openea_wrong_field_count(tmp_path):
     folder = write_openea(tmp_path / "oea")
     replace_line(folder / "rel_triples_2", 2, "http://w/Q3\thttp://w/P1")

@@ -90,10 +90,21 @@ def load_openea(folder: str | Path, name: str | None = None) -> LoadedPair:
     return pair
 
 
+def _check_names(rows, i: int, fields, what: tuple[str, ...]) -> None:
+    """URIs and relation / attribute names are neither empty nor padded: ``"http://d/c "`` would be a new
+    entity beside ``http://d/c``, silently."""
+    for j, (value, name) in enumerate(zip(fields, what)):
+        if not value.strip():
+            raise rows.error(i, f"field {j + 1} ({name}) is empty")
+        if value != value.strip():
+            raise rows.error(i, f"field {j + 1} ({name}) has spaces around it: {value!r}")
+
+
 def _read_rel_triples(path: Path, index: dict[str, int], rel_index: dict[str, int], first_id: int) -> np.ndarray:
     rows = read_rows(path, 3)
     out = np.empty((len(rows), 3), dtype=np.int64)
     for i, (h, r, t) in enumerate(rows.rows):
+        _check_names(rows, i, (h, r, t), ("head", "relation", "tail"))
         hid = index.setdefault(h, first_id + len(index))
         tid = index.setdefault(t, first_id + len(index))
         out[i] = (hid, rel_index.setdefault(r, len(rel_index)), tid)
@@ -103,7 +114,8 @@ def _read_rel_triples(path: Path, index: dict[str, int], rel_index: dict[str, in
 def _read_attr_triples(path: Path, index: dict[str, int], first_id: int) -> list[list[str]]:
     rows = read_rows(path, (2, None))
     per_entity: dict[int, dict[str, None]] = {}
-    for fields in rows.rows:
+    for i, fields in enumerate(rows.rows):
+        _check_names(rows, i, fields[:2], ("entity", "attribute"))
         e = index.setdefault(fields[0], first_id + len(index))
         per_entity.setdefault(e, {})[fields[1]] = None
     return [list(per_entity.get(first_id + i, ())) for i in range(len(index))]
@@ -114,6 +126,7 @@ def _read_links(path: Path, indexes: list[dict[str, int]], graphs: list[Knowledg
     rows = read_rows(path, 2)
     out = np.empty((len(rows), 2), dtype=np.int64)
     for i, fields in enumerate(rows.rows):
+        _check_names(rows, i, fields, ("kg1 entity", "kg2 entity"))
         for side in (0, 1):
             e = indexes[side].get(fields[side])
             if e is None:
