@@ -73,6 +73,20 @@ def test_byte_order_mark_and_bad_encoding(tmp_path):
         read_seeds(path)
 
 
+def test_write_result_leaves_one_result_in_the_folder(tmp_path):
+    """A second result written to the same folder removes the first one's stage files it does not have."""
+    from psqe.seeds.io import write_result
+    from psqe.seeds.pipeline import SeedResult
+
+    seeds = torch.tensor([[0, 5], [1, 6]])
+    write_result(SeedResult(seeds=seeds, stages={"stage1": seeds, "fixed_size": seeds[:1]}), tmp_path, {})
+    (tmp_path / "notes.txt").write_text("mine")
+    write_result(SeedResult(seeds=seeds[:1], stages={"stage1": seeds[:1]}), tmp_path, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.json", "seeds.npy", "seeds.tsv",
+                                                          "stage_stage1.tsv"]
+    assert (tmp_path / "stage_stage1.tsv").read_text() == "0\t5\n"
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"seeds file {tmp_path / 'nope.tsv'} does not exist"):
         read_seeds(tmp_path / "nope.tsv")

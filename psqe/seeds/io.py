@@ -36,7 +36,11 @@ def tsv_text(seeds: torch.Tensor) -> str:
 
 def write_result(result: SeedResult, out_dir: str | Path, config: dict, generators: dict | None = None) -> None:
     """Write seeds, per-stage seeds and the JSON report into ``out_dir``
-    (``generators``: generator name -> quality measures, reported beside PSQE's stages)."""
+    (``generators``: generator name -> quality measures, reported beside PSQE's stages).
+
+    Each file is written atomically and ``report.json`` last; ``stage_*.tsv`` files of an earlier
+    result in the folder whose stage this result lacks are removed, so the folder holds one result.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if result.seeds.numel() and int(result.seeds.max()) > np.iinfo(np.int32).max:
@@ -47,6 +51,8 @@ def write_result(result: SeedResult, out_dir: str | Path, config: dict, generato
     atomic_write(out / "seeds.npy", lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
     for name, seeds in result.stages.items():
         atomic_write(out / f"stage_{name}.tsv", lambda tmp, s=seeds: Path(tmp).write_text(tsv_text(s)))
+    for stale in sorted(set(out.glob("stage_*.tsv")) - {out / f"stage_{name}.tsv" for name in result.stages}):
+        stale.unlink()
     report = {
         "seeds": int(result.seeds.shape[0]),
         "stages": {name: int(s.shape[0]) for name, s in result.stages.items()},
