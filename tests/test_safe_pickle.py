@@ -89,6 +89,14 @@ def test_malformed_numpy_state_is_an_error_not_a_crash():
     with pytest.raises(DatasetError, match="not a readable feature pickle: MemoryError|not a readable feature pickle"):
         safe_loads(b"\x80\x02X\xff\xff\xff\x7f")  # a string claiming 2 GB: any failure is named, none escapes
     assert safe_loads(pickle.dumps({1: np.float64(2.5)}, protocol=2)) == {1: 2.5}  # numeric scalars still load
+    table = np.arange(6, dtype=np.float32).reshape(2, 3)
+    reconstruct, args, state = table.__reduce__()
+
+    class Unversioned:  # numpy's oldest array pickles: the state without its version number
+        def __reduce__(self):
+            return (reconstruct, args, state[1:])
+
+    assert safe_loads(pickle.dumps(Unversioned(), protocol=2)).tolist() == table.tolist()
 
 
 def test_pickled_table_and_garbage(tmp_path):

@@ -117,7 +117,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         if isinstance(inst, np.dtype):
             _check_dtype_state(state, self.source)
         elif isinstance(inst, np.ndarray):
-            dtype = state[2] if isinstance(state, tuple) and len(state) > 2 else None
+            # (version, shape, dtype, is_fortran, data), or without the version in numpy's oldest pickles
+            dtype = state[len(state) - 3] if isinstance(state, tuple) and len(state) in (4, 5) else None
             if not isinstance(dtype, np.dtype) or dtype.hasobject:
                 raise UnsafePickleError(f"refused a numpy array of dtype {dtype!r}: not numeric", self.source)
         self.load_build()
