@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--entities", type=int, default=10000, help="entities per side (default 10000)")
     demo.add_argument("--seeds", type=int, default=1000, help="seed budget (default 1000)")
     demo.add_argument("--epochs", type=int, default=100, help="Stage II tuning epochs (default 100; the paper uses 300)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_seed_value, default=0, help="random seed (default 0)")
     demo.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     demo.add_argument("--out", default="psqe-demo", help="folder for report.json, seeds_*.tsv, seed_distribution.svg "
                       "(default ./psqe-demo; '-' writes nothing)")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     feats.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
     feats.add_argument("--root", default=None, help="data root for dataset names")
     feats.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
-    feats.add_argument("--seed", type=int, default=0)
+    feats.add_argument("--seed", type=_seed_value, default=0)
     feats.add_argument("--device", default="cpu")
     feats.add_argument("--no-text", action="store_true",
                        help="no text encoder: leave out the seed generator's relation/attribute text slots "
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds.add_argument("--config", default=None, help="JSON file of PSQEConfig fields")
     seeds.add_argument("--budget", type=int, default=None, help="seed budget; overrides the config's (default: "
                        "the config's, else the paper's for the dataset: 5000 on DWY15K, else 1000)")
-    seeds.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    seeds.add_argument("--seed", type=_seed_value, default=None, help="overrides the config's seed")
     seeds.add_argument("--device", default=None, help="overrides the config's device")
     seeds.add_argument("--visual-precision", choices=["float32", "bfloat16"], default=None,
                        help="Stage II visual encoder products (default float32, the paper's; bfloat16 is "
@@ -146,7 +146,7 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
                    help="clean protocol: keep the last epoch (default), the best on 10%% of the seeds held out, or "
                         "(mnn, label-free) the one with the most mutual nearest neighbours among entities no seed uses "
                         "(PCMEA's pseudo-links count too: it keeps about its last epoch)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=_seed_value, default=42)
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of the aligners' training alone (default: --seed); another one over the same seeds "
                         "measures the run-to-run spread")
@@ -204,6 +204,17 @@ def _align_or_reproduce(args, parser) -> int:
         atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
     sys.stdout.write(text + "\n")
     return 0
+
+
+def _seed_value(text: str) -> int:
+    """``--seed``: an integer in ``[0, 2**32 - 1]`` (numpy's range; torch's is wider), checked as it is parsed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1], got {value}")
+    return value
 
 
 def _check_device(parser, device: str, what: str = "--device") -> None:

@@ -69,6 +69,11 @@ def test_demo_is_deterministic(demo_report, tmp_path):
     (["seeds", "nowhere", "--features", "f.safetensors", "--out", "o", "--device", "meta"],
      "--device 'meta': psqe runs on cpu or cuda"),
     (["demo", "--device", "cuda:x"], "--device 'cuda:x': not a device name"),
+    # one seed range for every command (numpy's), checked as the argument is parsed
+    (["demo", "--seed", "-1"], "argument --seed: must be in [0, 2**32 - 1], got -1"),
+    (["features", "nowhere", "--setting", "R2", "--out", "f", "--seed", str(2**70)], "argument --seed: must be in"),
+    (["seeds", "nowhere", "--features", "f", "--out", "o", "--seed", "1e3"], "argument --seed: expected an integer, got '1e3'"),
+    (["align", "nowhere", "--seeds", "s.tsv", "--model", "eva", "--seed", "-5"], "argument --seed: must be in"),
 ])
 def test_bad_arguments_name_the_option(capsys, argv, message):
     with pytest.raises(SystemExit):
