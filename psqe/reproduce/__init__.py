@@ -243,7 +243,8 @@ def _versions() -> dict:
 def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) every cell of ``config`` into ``out``; returns the table rows."""
     from ..align.metrics import PROTOCOLS
-    from .cells import check_seed_files, clean_test, load_pair, make_seeds, run_cell
+    from .cells import (check_seed_files, clean_test, finished_seed_sets, load_pair, make_seeds, run_cell,
+                        trained_on_other_seeds)
     from .report import write_report
 
     out = Path(out)
@@ -267,7 +268,7 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     _write_json(saved, header)
 
     pair, data = load_pair(config, out)
-    remade = set(config.seeds) - _finished_seed_sets(out)  # made in this run: no finished cell trained on them
+    remade = set(config.seeds) - finished_seed_sets(out)  # made in this run: no finished cell trained on them
     seeds, clusters, quality = make_seeds(config, pair, out)
     others = _folder_seed_sets(out, seeds, quality)
     digest, record = None, before.get("clean_test")
@@ -286,7 +287,7 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
         bar.set_postfix_str(f"{model} / {method}")
         path = out / "cells" / f"{model}__{method}.json"
         cell = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        why = _other_seeds(cell, seeds.get(method), method in remade)
+        why = trained_on_other_seeds(cell, seeds.get(method), method in remade)
         if why:
             log.warning("cell %s / %s trained on another seed set (%s): all its entries run again", model, method, why)
             cell = {"previous_seeds": {"why": why, **{p: cell[p] for p in PROTOCOLS if p in cell}}}
@@ -327,34 +328,6 @@ def _folder_seed_sets(out: Path, seeds: dict, finished: dict) -> dict:
         if table is not None:
             found[method] = table
     return found
-
-
-def _finished_seed_sets(out: Path) -> set[str]:
-    """The seed sets ``out/seeds`` holds finished (a file and an entry in ``quality.json``), which
-    :func:`~psqe.reproduce.cells.make_seeds` reads instead of making them."""
-    quality = out / "seeds" / "quality.json"
-    entries = json.loads(quality.read_text(encoding="utf-8")) if quality.exists() else {}
-    return {m for m in entries if (out / "seeds" / f"{m}.tsv").exists()}
-
-
-def _other_seeds(cell: dict, table: torch.Tensor | None, remade: bool) -> str | None:
-    """Why a finished cell trained on another seed set than ``table`` (None: it did not, or cannot tell).
-
-    A cell records its seeds' digest (``seeds_digest``); one written before that is taken as trained on
-    other seeds when its pair count differs or its seed set was made again in this run (``remade``, as
-    after removing a refused set). The 30%-gold cells (``table`` None) always train on the same split.
-    """
-    from ..align import pairs_digest
-    from ..align.metrics import PROTOCOLS
-
-    if not any(p in cell for p in PROTOCOLS) or table is None:
-        return None
-    if "seeds_digest" in cell:
-        now = pairs_digest(table)
-        return None if cell["seeds_digest"] == now else f"digest {cell['seeds_digest']}, now {now}"
-    if cell.get("train_pairs") != table.shape[0]:
-        return f"{cell.get('train_pairs')} pairs, now {table.shape[0]}"
-    return "its seed set was made again in this run" if remade else None
 
 
 def _clean_setup(entry: dict) -> tuple:

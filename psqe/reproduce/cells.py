@@ -176,6 +176,34 @@ def make_seeds(config, pair, out: Path):
     return seeds, clusters, quality
 
 
+def finished_seed_sets(out: Path) -> set[str]:
+    """The seed sets ``out/seeds`` holds finished (a file and an entry in ``quality.json``), which
+    :func:`make_seeds` reads instead of making them."""
+    quality = out / "seeds" / "quality.json"
+    entries = json.loads(quality.read_text(encoding="utf-8")) if quality.exists() else {}
+    return {m for m in entries if (out / "seeds" / f"{m}.tsv").exists()}
+
+
+def trained_on_other_seeds(cell: dict, table: torch.Tensor | None, remade: bool) -> str | None:
+    """Why a finished cell trained on another seed set than ``table`` (None: it did not, or cannot tell).
+
+    A cell records its seeds' digest (``seeds_digest``); one written before that is taken as trained on
+    other seeds when its pair count differs or its seed set was made again in this run (``remade``, as
+    after removing a refused set). The 30%-gold cells (``table`` None) always train on the same split.
+    """
+    from ..align import pairs_digest
+    from ..align.metrics import PROTOCOLS
+
+    if not any(p in cell for p in PROTOCOLS) or table is None:
+        return None
+    if "seeds_digest" in cell:
+        now = pairs_digest(table)
+        return None if cell["seeds_digest"] == now else f"digest {cell['seeds_digest']}, now {now}"
+    if cell.get("train_pairs") != table.shape[0]:
+        return f"{cell.get('train_pairs')} pairs, now {table.shape[0]}"
+    return "its seed set was made again in this run" if remade else None
+
+
 def clean_selection_ratio(selection: str) -> float:
     """The share of the seeds the clean protocol holds out for model selection: ``CLEAN_VAL_RATIO`` for ``"val"``, else 0.
 
