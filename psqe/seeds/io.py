@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.common import INTEGER_ID, DatasetError, read_text
 from ..features._util import atomic_write
 from .pipeline import SeedResult
 
-_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take "0_1", "+1" or other scripts' digits
 
 
 def tsv_text(seeds: torch.Tensor) -> str:
@@ -90,15 +89,14 @@ def read_seeds(path: str | Path) -> torch.Tensor:
     else:
         rows, lines = [], []
         try:
-            text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark, as the dataset loaders accept
-        except UnicodeDecodeError as err:
-            line = path.read_bytes()[: err.start].count(b"\n") + 1
-            raise ValueError(f"seeds file {path}, line {line}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        for number, line in enumerate(text.splitlines(), 1):
+            text = read_text(path)  # the dataset files' rules: UTF-8, a byte-order mark skipped, universal line ends
+        except DatasetError as err:
+            raise ValueError(f"seeds file {path}, line {err.line}: {err.reason}") from None
+        for number, line in enumerate(text.split("\n"), 1):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) != 2 or not all(_INTEGER.fullmatch(f) for f in fields):
+            if len(fields) != 2 or not all(INTEGER_ID.fullmatch(f) for f in fields):
                 raise ValueError(f"seeds file {path}, line {number}: expected 'id1<TAB>id2' (two integers), got {line.rstrip()!r}")
             rows.append((int(fields[0]), int(fields[1])))
             lines.append(number)
