@@ -7,7 +7,8 @@ csrc/ops/cuda/ are added when ``FORCE_CUDA=1`` or when a GPU is visible and
 - ``FORCE_CUDA=1``: compile the CUDA kernels even without a visible GPU
   (needs nvcc; ``CUDA_HOME=/usr/local/cuda``).
 - ``TORCH_CUDA_ARCH_LIST``: GPU architectures; without a visible GPU it
-  defaults to "9.0" (H100/H200) to keep the build short.
+  defaults to "9.0+PTX" to keep the build short: H100/H200 code, and PTX
+  that newer GPUs compile at load (older ones, e.g. A100 "8.0", need it set).
 - ``PSQE_DEBUG=1``: -O0 -g instead of -O3 -g0.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def extension():
     kwargs = dict(name="psqe._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
         nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         # A toolkit without the math-library headers (cusparse.h, ...) that
         # torch's CUDA headers include: take them from torch's nvidia-* wheels.

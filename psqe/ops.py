@@ -12,7 +12,13 @@ Three ops carry every stage of PSQE and every aligner's evaluation:
 
 They run the compiled kernels (``torch.ops.psqe.*``, CPU and CUDA) when the
 library is installed, and otherwise the pure-PyTorch oracle of
-:mod:`psqe._reference`; :func:`backend` says which.
+:mod:`psqe._reference`; :func:`backend` says which. None of them is
+differentiable: they read their inputs detached, on every backend, so
+embeddings that are being trained can be passed as they are (the outputs
+carry no gradient). On CUDA the float32 products follow PyTorch's TF32 switch
+(``torch.backends.cuda.matmul.allow_tf32``, off by default): leave it off, or
+scores lose about three decimals and ties and the greedy walk's order differ
+from the CPU's.
 
 >>> import torch, psqe.ops as ops
 >>> a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -71,6 +77,14 @@ if _BUILD_INFO is not None:
     def _gat_backward_input_fake(src_ptr, dst, edge, alpha, scale, g, low_grad=None, low_weight=None, flush=0.0):
         return g.new_empty((src_ptr.shape[0] - 1, g.shape[1]))
 
+    def _gat_no_formula(ctx, grad):
+        raise RuntimeError("psqe::gat_aggregate has no gradient of its own: psqe.seeds.attention_layer's "
+                           "autograd.Function gives the layer's (call the op under torch.no_grad() otherwise)")
+
+    # Without an autograd kernel, backward() through a direct call would leave the inputs' .grad None
+    # silently (PyTorch only warns); now it raises.
+    torch.library.register_autograd("psqe::gat_aggregate", _gat_no_formula, setup_context=lambda ctx, inputs, output: None)
+
 
 def backend() -> str:
     """``"compiled"`` when the compiled core is loaded, else ``"reference"``.
@@ -98,6 +112,11 @@ def backends() -> dict[str, bool]:
 
 
 _WARNED_DEVICES: set[str] = set()
+
+
+def _detached(*inputs):
+    """The inputs without their autograd history (anything not a tensor as it is, for the ops' own errors)."""
+    return tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
 def _compiled_for(t: torch.Tensor) -> bool:
@@ -150,6 +169,7 @@ def topk_similarity(
         >>> ops.topk_similarity(a, b, k=2, exclude=torch.tensor([True, False, False]))[1].tolist()
         [[1, 2], [1, 2], [2, 1]]
     """
+    a, b = _detached(a, b)
     if not _compiled_for(a):
         return _reference.topk_similarity(a, b, k, exclude)
     return torch.ops.psqe.topk_similarity(a, b, k, exclude)
@@ -184,6 +204,7 @@ def topk_similarity_both(
         >>> ri.squeeze(1).tolist(), ci.squeeze(1).tolist()
         ([0, 2], [0, 1, 1])
     """
+    a, b = _detached(a, b)
     if not _compiled_for(a):
         return _reference.topk_similarity_both(a, b, k)
     if a.device.type in ("cpu", "meta"):
@@ -209,7 +230,9 @@ def greedy_match(
 
     Args:
         scores: ``[c]`` floating, finite.
-        rows, cols: ``[c]`` int64 entity indices (>= 0) of each candidate.
+        rows, cols: ``[c]`` int64 entity indices (>= 0) of each candidate. The walk keeps
+            per-index state up to the largest index (1 byte an index on CPU, 8 on CUDA): pass
+            compact indices (``torch.unique(..., return_inverse=True)``), not sparse ids.
         limit: stop after this many kept pairs (None: walk all).
         used_rows, used_cols: int64 lists of entities already used.
 
@@ -223,6 +246,7 @@ def greedy_match(
         >>> ops.greedy_match(scores, rows, cols).tolist()
         [3, 1]
     """
+    (scores,) = _detached(scores)
     if not _compiled_for(scores):
         return _reference.greedy_match(scores, rows, cols, limit, used_rows, used_cols)
     return torch.ops.psqe.greedy_match(scores, rows, cols, limit, used_rows, used_cols)
@@ -245,6 +269,7 @@ def mic_keep(left: torch.Tensor, right: torch.Tensor, both_directions: bool = Fa
         >>> ops.mic_keep(left, right).tolist()
         [True, False]
     """
+    left, right = _detached(left, right)
     if not _compiled_for(left):
         return _reference.mic_keep(left, right, both_directions)
     return torch.ops.psqe.mic_keep(left, right, both_directions)

@@ -233,3 +233,38 @@ def test_both_bad_input_is_a_clear_error(a, b, k, message):
 def test_both_opcheck():
     a, b = integer_features(30, 8, seed=1), integer_features(40, 8, seed=2)
     torch.library.opcheck(torch.ops.psqe.topk_similarity_both.default, (a, b, 5))
+
+
+# --- gradients -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_ops_take_trained_embeddings_and_return_no_gradient(backend, monkeypatch):
+    """Embeddings under training (requires_grad) go in as they are, on either backend, and give the values of
+    their detached selves without a gradient (the compiled kernels had raised an autograd error from inside
+    the GEMM, the oracle returned differentiable values)."""
+    if backend == "compiled" and ops.backend() != "compiled":
+        pytest.skip("the compiled core is not built")
+    if backend == "reference":
+        monkeypatch.setattr(ops, "_BUILD_INFO", None)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(20, 6, generator=g), torch.randn(15, 6, generator=g)
+    ga, gb = a.clone().requires_grad_(), b.clone().requires_grad_()
+    for got, want in ((ops.topk_similarity(ga, gb, 4), ops.topk_similarity(a, b, 4)),
+                      (ops.topk_similarity_both(ga, gb, 4), ops.topk_similarity_both(a, b, 4)),
+                      ((ops.mic_keep(ga[:15], gb, True),), (ops.mic_keep(a[:15], b, True),))):
+        assert all(not x.requires_grad and torch.equal(x, y) for x, y in zip(got, want))
+    scores = torch.rand(10, generator=g, requires_grad=True)
+    rows, cols = torch.arange(10) % 4, torch.arange(10) % 3
+    assert torch.equal(ops.greedy_match(scores, rows, cols), ops.greedy_match(scores.detach(), rows, cols))
+
+
+@pytest.mark.skipif(ops.backend() != "compiled", reason="the compiled core is not built")
+def test_gat_aggregate_called_directly_refuses_backward():
+    """The bare aggregation kernel has no gradient formula: backward through it is an error, not a None .grad."""
+    crow, col = torch.tensor([0, 2, 3]), torch.tensor([0, 1, 1])
+    x = torch.rand(2, 4, requires_grad=True)
+    out = torch.ops.psqe.gat_aggregate(crow, col, torch.rand(3, 1), x, torch.ones(1, 4))
+    with pytest.raises(RuntimeError, match="no gradient of its own"):
+        out.sum().backward()
+    assert x.grad is None
