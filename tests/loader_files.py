@@ -71,10 +71,13 @@ def replace_line(path: Path, line: int, text: str) -> None:
 
 
 def write_pair_folder(pair, folder: Path) -> Path:
-    """An EVA-layout folder holding a :class:`psqe.data.KGPair`'s entities, triples and links."""
+    """An EVA-layout folder holding a :class:`psqe.data.KGPair`'s entities, triples, relation names (the
+    pair's, else ``http://r/<id>``) and links."""
     for k, kg in ((1, pair.kg1), (2, pair.kg2)):
         _write(folder / f"ent_ids_{k}", [f"{i}\t{name}" for i, name in zip(kg.ids.tolist(), kg.names)])
         _write(folder / f"triples_{k}", ["\t".join(map(str, t)) for t in kg.triples.tolist()])
+        used = sorted(set(kg.triples[:, 1].tolist()))
+        _write(folder / f"rel_ids_{k}", [f"{r}\t{kg.relation_names.get(r, f'http://r/{r}')}" for r in used])
     _write(folder / "ill_ent_ids", [f"{a}\t{b}" for a, b in pair.links.tolist()])
     return folder
 

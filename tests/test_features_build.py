@@ -167,6 +167,47 @@ def test_save_and_load_feature_set(pair, bert, tmp_path):
         load_feature_set(other, tmp_path / "none.safetensors")
 
 
+def test_a_file_for_another_setting_or_pair_is_refused(pair, bert, tmp_path):
+    """A file names the setting, the graphs and the gold links it was built from: loading it into a run of
+    another setting, or into another pair with the same entity ids, is an error that attaches nothing."""
+    summary = build(pair, "R2", bert, tmp_path, noise_scale=0.5)
+    assert summary["seed"] == 0 and summary["psqe"]
+    path = tmp_path / "f.safetensors"
+    save_feature_set(pair, path, summary)
+    fresh = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+    with pytest.raises(ValueError, match=r"f.safetensors: it holds setting R2 features, not R1: pass --setting R2"):
+        load_feature_set(fresh, path, setting="R1")
+    assert not fresh.kg1.features
+    assert load_feature_set(fresh, path, setting="r2")["setting"] == "R2"
+    moved = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+    moved.kg1.triples[0, 2] = (moved.kg1.triples[0, 2] + 1) % 500  # one triple of kg1 points elsewhere
+    with pytest.raises(ValueError, match="built for another pair: the entity ids match, the triples differ"):
+        load_feature_set(moved, path)
+    relinked = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+    relinked.links = relinked.links[1:]
+    with pytest.raises(ValueError, match="built for another pair: the entity ids match, the gold links differ"):
+        load_feature_set(relinked, path)
+    assert not moved.kg1.features and not relinked.kg1.features
+    unlinked = random_pair(n=500, links=400, triples=2000, relations=12, seed=3)
+    unlinked.links = None  # a folder without its link file reads the same features
+    assert load_feature_set(unlinked, path)["setting"] == "R2"
+
+
+def test_a_graph_without_relation_names_has_no_relation_slot(pair, bert, tmp_path, caplog):
+    """No relation names on a graph: the relation slot is absent (the seed generator renormalises, and says
+    so), not an all-zero table that keeps its weight; seeds may still be made from such a feature set."""
+    pair.kg2.relation_names = {}
+    with caplog.at_level("WARNING", logger="psqe.features"):
+        summary = build(pair, "R2", bert, tmp_path, noise_scale=0.5)
+    assert summary["absent"]["relation"] == "no relation names on kg2 (no rel_ids file?)"
+    assert "relation modality absent" in caplog.text
+    assert all("relation" not in kg.features for kg in (pair.kg1, pair.kg2))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="psqe.features"):
+        require_seed_slots(pair, "f.safetensors")
+    assert "the dataset names no relations" in caplog.text
+
+
 def test_a_bad_feature_file_is_named_and_attaches_nothing(tmp_path):
     """Corrupt, truncated, foreign or inconsistent files: a ValueError naming the file; the pair keeps its tables."""
     from safetensors.torch import save_file
@@ -182,6 +223,8 @@ def test_a_bad_feature_file_is_named_and_attaches_nothing(tmp_path):
         "foreign": ({"x": torch.zeros(2)}, None, "not written by psqe.features.save_feature_set"),
         "no_mask": ({**good, "kg1/relation": torch.zeros(50, 3)}, meta, "table kg1/relation has no kg1/relation.present"),
         "bad_summary": (good, {**meta, "summary": "{not json"}, "Expecting property name"),
+        "one_sided": ({**good, "kg1/visual": torch.zeros(50, 4), "kg1/visual.present": torch.ones(50, dtype=torch.bool)},
+                      meta, r"table\(s\) \['visual'\] on one graph only"),
         # kg1's table is fine, kg2's has the wrong row count: kg1 must not keep the file's table either
         "half": ({**good, "kg1/visual": torch.zeros(50, 4), "kg1/visual.present": torch.ones(50, dtype=torch.bool),
                   "kg2/visual": torch.zeros(n2 - 1, 4), "kg2/visual.present": torch.ones(n2 - 1, dtype=torch.bool)},

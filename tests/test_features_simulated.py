@@ -110,3 +110,11 @@ def test_errors(pair):
         simulate_visual(pair, coverge=0.5)
     with pytest.raises(ValueError, match="noise_scale"):
         simulate_visual(pair, noise_scale=-1.0)
+    for option, value, message in [("degree_clip", (4.0, 0.25), "degree_clip must be"),
+                                   ("tolerance", -1.0, "tolerance must be in"),
+                                   ("individual_scale", -0.5, "individual_scale must be a finite number >= 0"),
+                                   ("initial_scale", 0.0, "initial_scale must be a finite number > 0"),
+                                   ("coverage", 1e-6, r"coverage 1e-06 gives no entity of a graph an image"),
+                                   ("budget", 10**6, r"budget 1000000 exceeds the smaller graph's")]:
+        with pytest.raises(ValueError, match=message):
+            simulate_visual(pair, **{option: value})

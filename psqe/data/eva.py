@@ -263,7 +263,8 @@ def _attach_names(pair: LoadedPair, folder: Path, code: str) -> None:
         raise DatasetError(f"{int(stray.sum())} entries name ids of neither graph, e.g. {int(keys[stray][0])}", path)
     missing = pair.num_entities - len(tokens)
     if missing:
-        pair.warn(f"{path.name} has no name for {missing} entities (their tokens are empty)")
+        pair.warn(f"{path.name} has no name for {missing} entities (the feature builder names them by "
+                  "the last segment of their URI, untranslated)")
     pair.name_tokens = tokens
 
 

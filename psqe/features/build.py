@@ -29,6 +29,7 @@ else the last path segment of each entity URI.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -68,8 +69,10 @@ def entity_names(pair, names: Mapping[int, str | Sequence[str]] | None = None) -
                 value, from_uri = uri_to_text(uri), from_uri + 1
             tokens.append([t.lower() for t in value if t.strip()] if not isinstance(value, str) else tokenize(value))
         if from_uri:
-            log.info("names of kg%d: %d of %d from the entity URIs%s", k + 1, from_uri, kg.num_entities,
-                     f" (missing from {label})" if source is not None else "")
+            # a name source that lacks some entities deserves a warning: their URIs may be untranslated
+            (log.warning if source is not None else log.info)(
+                "names of kg%d: %d of %d from the entity URIs%s", k + 1, from_uri, kg.num_entities,
+                f" (missing from {label})" if source is not None else "")
             ids_only = sum(1 for tok in tokens if len(tok) == 1 and _ID_TOKEN.fullmatch(tok[0]))
             if ids_only > kg.num_entities // 2:
                 log.warning("names of kg%d: %d of %d are identifiers (e.g. Wikidata Q-ids), not names; "
@@ -154,8 +157,8 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
     t_start = time.perf_counter()
-    summary: dict[str, Any] = {"setting": setting, "pair": pair.name, "modalities": {}, "absent": {},
-                               "calibration": None, "seconds": {}}
+    summary: dict[str, Any] = {"setting": setting, "pair": pair.name, "seed": seed, "psqe": _psqe_version(),
+                               "modalities": {}, "absent": {}, "calibration": None, "seconds": {}}
     kgs = (pair.kg1, pair.kg2)
     n1 = pair.kg1.num_entities
     tokens1, tokens2 = entity_names(pair, names)
@@ -182,10 +185,16 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         log.warning("relation and attribute text slots left out (text=False): this feature set feeds the "
                     "aligners; the seed generator would see its visual slot alone")
     else:
-        rel_sets = relation_texts(pair.kg1) + relation_texts(pair.kg2)
-        table, present = enc.encode_sets(rel_sets)
-        _attach(pair, "relation", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
-                "text mean of relation names")
+        unnamed = [f"kg{k + 1}" for k, kg in enumerate(kgs) if not kg.relation_names]
+        if unnamed:  # an all-zero slot would keep its weight in the seed generator: leave it out, which says so
+            summary["absent"]["relation"] = f"no relation names on {' and '.join(unnamed)} (no rel_ids file?)"
+            log.warning("relation modality absent: %s; the seed generator renormalises the other weights",
+                        summary["absent"]["relation"])
+        else:
+            rel_sets = relation_texts(pair.kg1) + relation_texts(pair.kg2)
+            table, present = enc.encode_sets(rel_sets)
+            _attach(pair, "relation", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
+                    "text mean of relation names")
         attrs = [attribute_texts(kg) for kg in kgs]
         if attrs[0] is not None and attrs[1] is not None:
             table, present = enc.encode_sets(attrs[0] + attrs[1])
@@ -258,15 +267,19 @@ def require_seed_slots(pair, source: str) -> None:
     """Refuse to make seeds from a feature set without the ``relation`` text slot.
 
     Every feature set that :func:`build_feature_set` makes with its text encoder has
-    ``relation``; one made with ``text=False`` (``psqe features --no-text``) has not,
-    and the seed generator would then weigh its visual slot alone. ``source``
+    ``relation`` unless a graph names no relations (then it is absent by the data,
+    and this only warns); one made with ``text=False`` (``psqe features --no-text``)
+    has not, and the seed generator would then weigh its visual slot alone. ``source``
     names the features in the message.
 
     >>> from psqe.data.synthetic import make_pair
     >>> require_seed_slots(make_pair(20, seed=0), "f.safetensors")  # the synthetic pair has every slot
     """
     lacking = [f"kg{k}" for k, kg in ((1, pair.kg1), (2, pair.kg2)) if "relation" not in kg.features]
-    if lacking:
+    if lacking and not (pair.kg1.relation_names and pair.kg2.relation_names):
+        log.warning("%s: no 'relation' slot, as the dataset names no relations: the seed generator weighs the "
+                    "other slots", source)
+    elif lacking:
         raise ValueError(f"{source}: no 'relation' feature on {' and '.join(lacking)} (a feature file built with "
                          "--no-text?): the seed generator would weigh its visual slot alone; build the features "
                          "with the text encoder to make seeds")
@@ -283,14 +296,42 @@ def save_feature_set(pair, path: str | os.PathLike, summary: dict | None = None)
         for name, table in kg.features.items():
             tensors[f"kg{k}/{name}"] = table.contiguous()
             tensors[f"kg{k}/{name}.present"] = kg.present[name].contiguous()
-    meta = {"format": "psqe-features-v1", "summary": json.dumps(summary or {}, default=str)}
+    meta = {"format": "psqe-features-v1", "summary": json.dumps(summary or {}, default=str),
+            "graphs": graphs_digest(pair)}
+    if pair.links is not None:
+        meta["links"] = _digest(pair.links)
     atomic_write(Path(path).expanduser(), lambda tmp: save_file(tensors, tmp, metadata=meta))
     log.info("feature set written to %s (%d tables)", path, len(tensors) // 2)
 
 
-def load_feature_set(pair, path: str | os.PathLike) -> dict:
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _psqe_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def graphs_digest(pair) -> str:
+    """A digest of both graphs' entity ids and triples: a feature file names the pair it was built for."""
+    return _digest(pair.kg1.ids, pair.kg1.triples, pair.kg2.ids, pair.kg2.triples)
+
+
+def load_feature_set(pair, path: str | os.PathLike, setting: str | None = None) -> dict:
     """Attach the features saved by :func:`save_feature_set` to ``pair``; returns the
-    saved summary. Raises if the file's entity ids differ from the pair's."""
+    saved summary.
+
+    Raises (attaching nothing) when the file's entity ids differ from the pair's, when
+    it was built for another pair with the same ids (its graphs' or gold links' digest
+    differs; files written before the digests were recorded are checked by ids only),
+    when a table is on one graph only, or when ``setting`` is given and the file was
+    built for another one."""
     from safetensors import safe_open
 
     path = Path(path).expanduser()
@@ -312,6 +353,18 @@ def load_feature_set(pair, path: str | os.PathLike) -> dict:
                             raise ValueError(f"table {key} has no {key}.present mask")
                         tables[k][key.split("/", 1)[1]] = (f.get_tensor(key), f.get_tensor(f"{key}.present"))
             summary = json.loads(meta.get("summary", "{}"))
+            if "graphs" in meta and meta["graphs"] != graphs_digest(pair):
+                raise ValueError("it was built for another pair: the entity ids match, the triples differ")
+            if "links" in meta and pair.links is not None and meta["links"] != _digest(pair.links):
+                raise ValueError("it was built for another pair: the entity ids match, the gold links differ")
+            one_sided = sorted(set(tables[1]) ^ set(tables[2]))
+            if one_sided:
+                raise ValueError(f"table(s) {one_sided} on one graph only: the seed generator and the aligners "
+                                 "read a modality of both graphs or of neither")
+            built = summary.get("setting") if isinstance(summary, dict) else None
+            if setting is not None and built is not None and str(built) != str(setting).upper():
+                raise ValueError(f"it holds setting {built} features, not {str(setting).upper()}: pass --setting "
+                                 f"{built} or a file built with --setting {str(setting).upper()}")
     except (ValueError, TypeError) as err:  # safetensors' own errors, JSON errors and the checks above
         raise ValueError(f"feature file {path}: {err}") from None
     except Exception as err:  # SafetensorError (a truncated or foreign file) derives from Exception only

@@ -140,6 +140,14 @@ def simulate_visual(pair, *, seed: int = 0, noise_scale: float | None = None,
     log.info("SIMULATED visual modality for %s (uses gold links): %d + %d entities, dim %d, coverage %.2f, seed %d",
              pair.name or "pair", pair.kg1.num_entities, pair.kg2.num_entities, cfg.dim, cfg.coverage, seed)
     sim = Simulator(pair, cfg, seed)
+    with_image = min(int(sim.present1.sum()), int(sim.present2.sum()))
+    if with_image == 0:
+        raise ValueError(f"simulate_visual: coverage {cfg.coverage} gives no entity of a graph an image "
+                         f"({pair.kg1.num_entities} + {pair.kg2.num_entities} entities)")
+    smaller = min(pair.kg1.num_entities, pair.kg2.num_entities)
+    if noise_scale is None and cfg.budget > smaller:
+        raise ValueError(f"simulate_visual: budget {cfg.budget} exceeds the smaller graph's {smaller} entities: "
+                         "the calibration's top-budget Type I pairs cannot exist")
     if noise_scale is None:
         noise_scale, prec, history = calibrate(sim, cfg, device, progress)
     else:

@@ -66,6 +66,17 @@ class SimulationConfig:
             raise ValueError(f"need 1 <= latent_dim <= dim, got latent_dim={self.latent_dim}, dim={self.dim}")
         if self.budget < 1 or self.n_classes < 1 or self.mixing < 1 or self.max_evals < 2:
             raise ValueError("budget, n_classes and mixing must be >= 1 and max_evals >= 2")
+        for name in ("base", "class_scale", "individual_scale", "degree_exponent"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        lo, hi = self.degree_clip
+        if not 0.0 < lo <= hi < math.inf:
+            raise ValueError(f"degree_clip must be (low, high) with 0 < low <= high, got {self.degree_clip}")
+        if not 0.0 < self.tolerance < 1.0:
+            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
+        if not 0.0 < self.initial_scale < math.inf:
+            raise ValueError(f"initial_scale must be a finite number > 0 (the calibration starts there), "
+                             f"got {self.initial_scale}")
 
 
 def _mode_per_group(groups: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ def load_pair(config, out: Path):
         raise ValueError(f"reproduce: {config.dataset} has no gold links; nothing can be evaluated")
     path = Path(config.features) if config.features else out / "features.safetensors"
     if path.exists():
-        load_feature_set(pair, path)
+        load_feature_set(pair, path, setting=config.setting)
         log.info("features: read %s", path)
     elif config.features:
         raise FileNotFoundError(f"reproduce: feature file {path} does not exist")
