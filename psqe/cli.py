@@ -12,9 +12,11 @@ synthetic multimodal KG pair, their quality side by side, and a plot of where
 the seeds fall.
 
 The console script is :func:`run`: bad input (a ``ValueError`` or
-``OSError`` whose message names the file, line or argument) ends with
+``OSError`` whose message names the file, line or argument, or an
+``ImportError`` naming a missing optional package) ends with
 ``psqe: error: ...`` and exit status 2, as argparse's own errors do, not a
-traceback; ``-v`` keeps the traceback. :func:`main` raises, for callers.
+traceback; Ctrl-C ends with ``psqe: interrupted`` and status 130; ``-v``
+keeps the traceback. :func:`main` raises, for callers.
 
 Example (in a shell)::
 
@@ -50,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     demo.add_argument("--out", default="psqe-demo", help="folder for report.json, seeds_*.tsv, seed_distribution.svg "
                       "(default ./psqe-demo; '-' writes nothing)")
-    feats = sub.add_parser("features", help="build a benchmark feature set (R1/R2) for a dataset, offline")
+    feats = sub.add_parser("features", help="build a benchmark feature set (R0/R1/R2) for a dataset, offline")
     feats.add_argument("dataset", help="dataset folder, or a name such as DBP15K/zh_en with --root / PSQE_DATA")
-    feats.add_argument("--setting", choices=["R0", "R1", "R2"], default="R2")
+    feats.add_argument("--setting", choices=["R0", "R1", "R2"], default="R2",
+                       help="R0: the EVA image pickles; R1: names as the visual pivot; R2: simulated images from the "
+                            "gold links, names for the aligners only (default R2; README, 'Feature settings')")
     feats.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
     feats.add_argument("--root", default=None, help="data root for dataset names")
     feats.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds.add_argument("--root", default=None)
     seeds.add_argument("--config", default=None, help="JSON file of PSQEConfig fields")
     seeds.add_argument("--budget", type=int, default=None, help="seed budget; overrides the config's (default: "
-                       "the config's, else the paper's for the dataset: 5000 on DWY15K, else 1000)")
+                       "the config's, else the paper's for the dataset: 5000 on DWY15K's dbp_wd_15k splits, else 1000)")
     seeds.add_argument("--seed", type=_seed_value, default=None, help="overrides the config's seed")
     seeds.add_argument("--device", default=None, help="overrides the config's device")
     seeds.add_argument("--visual-precision", choices=["float32", "bfloat16"], default=None,
@@ -86,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     align.add_argument("--out", default=None, help="also write the metrics to this JSON file (atomically)")
     rep = sub.add_parser("reproduce", help="the paper's Table 1 (DBP15K) or 2 (DWY15K) for one dataset and setting, as a resumable report folder")
     rep.add_argument("--dataset", required=True, help="dataset folder or name, e.g. DBP15K/zh_en")
-    rep.add_argument("--models", default="eva,mclea,meaformer,pcmea")
+    rep.add_argument("--models", default="eva,mclea,meaformer,pcmea", help="aligners (default: all four)")
     rep.add_argument("--seeds", default="uvp,multimodal,psqe",
                      help="seed sets: uvp, multimodal, psqe (default), and for the paper's Table 3 psqe-no-visual, "
                           "psqe-no-relation, psqe-no-attribute (PSQE without that modality), for its Table 6 psqe-fixed "
                           "(PSQE cut to --budget seeds)")
     rep.add_argument("--no-supervised", action="store_true", help="skip the 30%%-gold reference row")
-    rep.add_argument("--protocols", default="legacy,clean")
+    rep.add_argument("--protocols", default="legacy,clean", help="comma-separated: legacy, clean (default both)")
     rep.add_argument("--budget", type=int, default=None,
-                     help="seed budget of every generator (default: the paper's, 5000 on DWY15K, else 1000)")
+                     help="seed budget of every generator (default: the paper's, 5000 on DWY15K's dbp_wd_15k splits, else 1000)")
     rep.add_argument("--psqe-epochs", type=int, default=None, help="Stage II tuning epochs (default 300)")
     rep.add_argument("--out", required=True, help="report folder (an interrupted run resumes from it; a seed set added on resume "
                      "that touches other gold links changes the clean test set, and every finished cell then "
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    out_kind = {"features": "file", "seeds": "folder", "reproduce": "folder", "align": "file", "demo": "folder"}
+    if args.command in out_kind and getattr(args, "out", None) not in (None, "-"):
+        _check_out(parser, args.out, out_kind[args.command])
     if args.command == "features":
         if args.no_text and args.setting == "R1":
             parser.error("--no-text: R1's visual slot is the text embedding of the names; use R0 or R2")
@@ -134,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _common_align_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", choices=["R0", "R1", "R2"], default="R2", help="feature setting (default R2)")
-    p.add_argument("--features", default=None, help="feature file from `psqe features` (default: build and cache it)")
+    p.add_argument("--features", default=None, help="feature file from `psqe features` (default: build it; reproduce "
+                   "keeps it in --out, align builds it again each run)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs, the model's schedule scaled to them (default: the model's)")
     p.add_argument("--surface", action="store_true", help='"w/ surface": the aligners also read names and characters')
     p.add_argument("--iterative", action="store_true",
@@ -146,8 +154,9 @@ def _common_align_options(p: argparse.ArgumentParser) -> None:
                    help="clean protocol: keep the last epoch (default), the best on 10%% of the seeds held out, or "
                         "(mnn, label-free) the one with the most mutual nearest neighbours among entities no seed uses "
                         "(PCMEA's pseudo-links count too: it keeps about its last epoch)")
-    p.add_argument("--seed", type=_seed_value, default=42)
-    p.add_argument("--train-seed", type=int, default=None,
+    p.add_argument("--seed", type=_seed_value, default=42,
+                   help="seed of the seed generators and the aligners' training (default 42)")
+    p.add_argument("--train-seed", type=_seed_value, default=None,
                    help="seed of the aligners' training alone (default: --seed); another one over the same seeds "
                         "measures the run-to-run spread")
     p.add_argument("--device", default="cpu")
@@ -160,7 +169,7 @@ def _align_or_reproduce(args, parser) -> int:
         return tuple(x.strip().lower() for x in text.split(",") if x.strip())
 
     _check_device(parser, args.device)
-    for flag in ("epochs", "train_seed", "psqe_epochs"):  # named as the user typed them
+    for flag in ("epochs", "psqe_epochs"):  # named as the user typed them
         value = getattr(args, flag, None)
         if value is not None and value < 0:
             parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
@@ -175,35 +184,73 @@ def _align_or_reproduce(args, parser) -> int:
                                      supervised=not args.no_supervised, budget=args.budget,
                                      psqe_epochs=args.psqe_epochs, **common)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(str(err).removeprefix("reproduce: ") if args.command == "align" else str(err))
+    if args.clean_selection != "final" and "clean" not in config.protocols:
+        parser.error(f"--clean-selection {args.clean_selection} picks the clean protocol's epoch; add clean to "
+                     "--protocols or drop it")
     if args.command == "align" and args.clean_exclude and "clean" not in config.protocols:
         parser.error("--clean-exclude shapes the clean test set; add clean to --protocols or drop it")
     if args.command == "reproduce":
-        reproduce(config, args.out)
+        reproduce(config, args.out, progress=sys.stderr.isatty())
         log.info("report written to %s (table.md, table.csv, seed_quality.md, h1.svg, seed_distribution.svg)", args.out)
         return 0
     from .reproduce.cells import load_pair, run_cell
     from .seeds.io import read_seeds
 
-    seeds = read_seeds(args.seeds)
+    seeds, seed_lines = read_seeds(args.seeds, with_lines=True)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         pair, data = load_pair(config, Path(tmp))
     files = [f.strip() for f in args.clean_exclude.split(",") if f.strip()]  # paths: case kept
-    others = [read_seeds(f) for f in files]
-    data.pairs_from_global(seeds, what=f"seeds file {args.seeds}")  # unknown entities: a clear error before training
-    for path, table in zip(files, others):
-        data.pairs_from_global(table, what=f"--clean-exclude file {path}")
-    cell = run_cell(config, pair, data, config.models[0], Path(args.seeds).name, seeds, progress=True,
-                    clean_exclude=others)
-    text = json.dumps(cell, indent=2)
+    others = [read_seeds(f, with_lines=True) for f in files]
+    data.pairs_from_global(seeds, what=f"seeds file {args.seeds}", lines=seed_lines)  # unknown entities: before training
+    for path, (table, lines) in zip(files, others):
+        data.pairs_from_global(table, what=f"--clean-exclude file {path}", lines=lines)
+    others = [table for table, _ in others]
+    cell = run_cell(config, pair, data, config.models[0], Path(args.seeds).name, seeds,
+                    progress=sys.stderr.isatty(), clean_exclude=others)
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("models", "seeds", "supervised", "budget", "psqe_epochs")}
+    text = json.dumps({**cell, "run": {**settings, "seeds_file": str(args.seeds), "clean_exclude": files}}, indent=2,
+                      default=str)
+    sys.stdout.write(text + "\n")  # first: a failing --out cannot lose the metrics
     if args.out:
         from .features._util import atomic_write
 
-        atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
-    sys.stdout.write(text + "\n")
+        try:
+            atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
+        except OSError as err:
+            raise OSError(f"--out {args.out}: {err.strerror or err} (the metrics are on stdout)") from None
     return 0
+
+
+def _check_out(parser, path: str, kind: str) -> None:
+    """``--out`` before any work is done: a file path (``kind="file"``) or a folder that can be written.
+
+    The nearest existing folder is probed with a temporary file (removed at once): a path under a read-only
+    or virtual file system fails here, not after the run, and a folder given for a file (or the reverse) is
+    named."""
+    import os
+    import tempfile
+
+    target = Path(path).expanduser()
+    if kind == "file" and target.is_dir():
+        parser.error(f"--out {path}: is a folder; expected a file path")
+    if kind == "folder" and target.exists() and not target.is_dir():
+        parser.error(f"--out {path}: exists and is not a folder; expected a folder (made if missing)")
+    probe = target if kind == "folder" else target.parent
+    probe = Path(os.path.abspath(probe))
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        parser.error(f"--out {path}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".psqe-out-check.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        parser.error(f"--out {path}: cannot write in {probe} ({err.strerror or err})")
 
 
 def _seed_value(text: str) -> int:
@@ -291,14 +338,20 @@ def run(argv: list[str] | None = None) -> int:
     >>> run(["seeds", "no/such/folder", "--features", "f.safetensors", "--out", "out"])  # stderr: psqe: error: ...
     2
     """
+    given = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in given or "--verbose" in given
     try:
         return main(argv)
-    except (ValueError, OSError) as err:  # DatasetError and UnsafePickleError are ValueErrors
-        given = sys.argv[1:] if argv is None else argv
-        if "-v" in given or "--verbose" in given:
+    except (ValueError, OSError, ImportError) as err:  # DatasetError and UnsafePickleError are ValueErrors;
+        if verbose:                                    # ImportError: an optional package (its message says which)
             raise
         sys.stderr.write(f"psqe: error: {err}\n")
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left
+        if verbose:
+            raise
+        sys.stderr.write("psqe: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,50 @@ def test_bad_arguments_name_the_option(capsys, argv, message):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_out_is_checked_before_any_work(tmp_path, capsys):
+    """A folder given for a file, a file for a folder, or a place nothing can be written: refused as the
+    arguments are read (the datasets named here do not exist, so no work could have started)."""
+    a_file, a_folder = tmp_path / "a_file", tmp_path / "a_folder"
+    a_file.write_text("x")
+    a_folder.mkdir()
+    cases = [
+        (["features", "nowhere", "--out", str(a_folder)], f"--out {a_folder}: is a folder; expected a file path"),
+        (["align", "nowhere", "--seeds", "s.tsv", "--model", "eva", "--out", str(a_folder)], "is a folder"),
+        (["seeds", "nowhere", "--features", "f", "--out", str(a_file)], f"--out {a_file}: exists and is not a folder"),
+        (["demo", "--out", str(a_file)], "exists and is not a folder"),
+        (["reproduce", "--dataset", "nowhere", "--out", str(a_file / "sub")], f"{a_file} is a file, not a folder"),
+        (["align", "nowhere", "--seeds", "s.tsv", "--model", "eva", "--train-seed", str(2**40)],
+         "argument --train-seed: must be in [0, 2**32 - 1]"),
+        (["align", "nowhere", "--seeds", "s.tsv", "--model", "eva", "--protocols", "legacy", "--clean-selection", "val"],
+         "--clean-selection val picks the clean protocol's epoch"),
+        (["align", "nowhere", "--seeds", "s.tsv", "--model", "foo"], "psqe: error: unknown model(s) ['foo']; known: eva"),
+    ]
+    if Path("/proc/self").is_dir():  # a file system that takes no new files, even for root
+        cases.append((["features", "nowhere", "--out", "/proc/psqe-test.safetensors"], "cannot write in /proc"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"] and not any(a_folder.iterdir())
+
+
+def test_console_script_names_a_missing_package_and_an_interrupt(monkeypatch, capsys):
+    import psqe.cli
+
+    def missing(argv):
+        raise ModuleNotFoundError("reading the features needs `pip install safetensors`")
+    monkeypatch.setattr(psqe.cli, "main", missing)
+    assert run(["seeds"]) == 2
+    assert capsys.readouterr().err == "psqe: error: reading the features needs `pip install safetensors`\n"
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(psqe.cli, "main", interrupted)
+    assert run(["seeds"]) == 130 and capsys.readouterr().err == "psqe: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):
+        run(["-v", "seeds"])
 
 
 def test_info(capsys):

@@ -158,7 +158,7 @@ def test_train_seed_moves_training_only(report, dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "bad"), "--train-seed", "-1"])
     assert not (tmp_path / "bad").exists()
-    assert "--train-seed must be >= 0, got -1" in capsys.readouterr().err
+    assert "argument --train-seed: must be in [0, 2**32 - 1], got -1" in capsys.readouterr().err
 
 
 def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog):
@@ -396,6 +396,10 @@ def test_align_command(dataset, tmp_path, capsys):
                  "--epochs", "30", "--protocols", "clean", "--out", str(out)]) == 0
     cell = json.loads(out.read_text())
     assert cell["train_pairs"] == 300 and cell["clean"]["hits@1"] > 0.2 and "legacy" not in cell
+    assert json.loads(capsys.readouterr().out) == cell  # the same JSON on stdout
+    run_ = cell["run"]  # the file says how it was made
+    assert run_["dataset"] == str(folder) and run_["epochs"] == 30 and run_["features"] == str(features)
+    assert run_["seeds_file"] == str(seeds) and run_["seed"] == 42 and run_["protocols"] == ["clean"]
     # the 30% gold split stays out of the clean test; --clean-exclude keeps another seed set out too
     from psqe.align import legacy_split
 
@@ -480,6 +484,7 @@ def test_align_iterative_adds_mutual_neighbours(dataset, tmp_path, capsys):
     ("0\t999999\n", "999999"),                  # not an entity of kg2
     ("0\t1300\n0\t1301\n", "one-to-one"),        # kg1 entity twice
     ("0,1300\n", "expected 'id1<TAB>id2'"),      # wrong format
+    ("\n0\t999999\n", "seeds.tsv line 2 "),     # named by its line, the blank one counted
 ])
 def test_align_rejects_bad_seeds(dataset, tmp_path, capsys, content, message):
     folder, features, _ = dataset

@@ -127,5 +127,5 @@ def test_atomic_write_syncs_before_the_rename_and_cleans_up(tmp_path, monkeypatc
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"seeds file {tmp_path / 'nope.tsv'} does not exist"):
         read_seeds(tmp_path / "nope.tsv")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(IsADirectoryError, match="is a folder; give the seeds.tsv or seeds.npy in it"):
         read_seeds(tmp_path)  # a folder is not a seeds file

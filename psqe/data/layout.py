@@ -88,7 +88,7 @@ def resolve(path: str | Path, root: str | Path | None = None) -> Path:
     root = root if root is not None else os.environ.get("PSQE_DATA")
     if root is None:
         raise DatasetError(
-            f"{str(path)!r} is not a folder; to load a dataset by name pass root= or set PSQE_DATA "
+            f"{str(path)!r} is not a folder; to load a dataset by name pass --root (root= in Python) or set PSQE_DATA "
             "to the data folder (the one holding DBP15K/, DWY15K/)")
     tried = [Path(root) / c for c in candidates(str(path))]
     for c in tried:

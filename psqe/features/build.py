@@ -344,15 +344,18 @@ def load_feature_set(pair, path: str | os.PathLike, setting: str | None = None) 
             if meta.get("format") != "psqe-features-v1":
                 raise ValueError("not written by psqe.features.save_feature_set")
             keys = set(f.keys())
+            summary = json.loads(meta.get("summary", "{}"))
+            made_for = summary.get("pair") if isinstance(summary, dict) else None
             for k, kg in ((1, pair.kg1), (2, pair.kg2)):
                 if f"kg{k}/ids" not in keys or not torch.equal(f.get_tensor(f"kg{k}/ids"), kg.ids):
-                    raise ValueError(f"its kg{k} entity ids differ from the pair's")
+                    raise ValueError(f"its kg{k} entity ids differ from the pair's"
+                                     + (f" (it was built for {made_for}, this is {pair.name})"
+                                        if made_for and made_for != pair.name else ""))
                 for key in sorted(keys):
                     if key.startswith(f"kg{k}/") and not key.endswith((".present", "/ids")):
                         if f"{key}.present" not in keys:
                             raise ValueError(f"table {key} has no {key}.present mask")
                         tables[k][key.split("/", 1)[1]] = (f.get_tensor(key), f.get_tensor(f"{key}.present"))
-            summary = json.loads(meta.get("summary", "{}"))
             if "graphs" in meta and meta["graphs"] != graphs_digest(pair):
                 raise ValueError("it was built for another pair: the entity ids match, the triples differ")
             if "links" in meta and pair.links is not None and meta["links"] != _digest(pair.links):

@@ -205,7 +205,7 @@ class ReproduceConfig:
             raise ValueError(f"reproduce: clean_selection must be one of {', '.join(CLEAN_SELECTIONS)}, "
                              f"got {self.clean_selection!r}")
         if self.iterative and any(m in OWN_PSEUDO_LABELS for m in self.models):
-            raise ValueError(f"reproduce: --iterative: {NO_ITERATIVE} (run pcmea in a folder without --iterative)")
+            raise ValueError(f"reproduce: --iterative: {NO_ITERATIVE} (drop --iterative for pcmea; in reproduce, run it in a report folder of its own)")
         if self.setting not in ("R0", "R1", "R2"):
             raise ValueError(f"reproduce: setting must be R0, R1 or R2, got {self.setting!r}")
         if self.budget is None:
@@ -230,9 +230,9 @@ def _write_json(path: Path, obj) -> None:
 def _versions() -> dict:
     """The software and machine of a run; ``commit`` is read when the run starts (the code it loaded), and
     every cell of the process records that same one, even if the checkout moves on while it runs."""
-    import torch_geometric
+    from .. import _pyg, ops
 
-    from .. import ops
+    torch_geometric = _pyg.torch_geometric
     from .cells import code_commit
     return {"psqe": __version__, "commit": code_commit(), "torch": torch.__version__,
             "torch_geometric": torch_geometric.__version__, "python": platform.python_version(),

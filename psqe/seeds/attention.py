@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from .. import _pyg  # noqa: F401  (PyG without its import-time warning)
 from torch_geometric import EdgeIndex
 
 

@@ -65,8 +65,9 @@ def write_result(result: SeedResult, out_dir: str | Path, config: dict, generato
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(text))
 
 
-def read_seeds(path: str | Path) -> torch.Tensor:
-    """Seeds from a file ``write_result`` wrote (or any like it): int64 ``[S, 2]`` global ids.
+def read_seeds(path: str | Path, with_lines: bool = False):
+    """Seeds from a file ``write_result`` wrote (or any like it): int64 ``[S, 2]`` global ids
+    (with ``with_lines``, also each row's 1-based line in the file, for messages about it).
 
     ``.npy``: an integer ``[S, 2]`` array. Anything else: text, one pair per
     line, ``id1<TAB>id2`` (spaces also accepted; blank lines skipped). Errors
@@ -75,6 +76,8 @@ def read_seeds(path: str | Path) -> torch.Tensor:
     pair is checked by whoever maps them (e.g. ``AlignData.pairs_from_global``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"seeds file {path} is a folder; give the seeds.tsv or seeds.npy in it")
     if not path.is_file():
         raise FileNotFoundError(f"seeds file {path} does not exist")
     if path.suffix == ".npy":
@@ -116,4 +119,4 @@ def read_seeds(path: str | Path) -> torch.Tensor:
                 f"uses entity {int(seeds[row, side])} (column {side + 1}) again"
             raise ValueError(f"seeds file {path}, line {lines[row]}: {seeds[row].tolist()} {what} "
                              f"(line {lines[int(first[inverse[row]])]}); seeds must be one-to-one")
-    return seeds
+    return (seeds, lines) if with_lines else seeds

@@ -51,6 +51,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .. import _pyg  # noqa: F401  (PyG without its import-time warning)
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter, segment, softmax, sort_edge_index
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from .. import _pyg  # noqa: F401  (PyG without its import-time warning)
 from torch_geometric.utils import add_remaining_self_loops, coalesce, sort_edge_index
 from tqdm.auto import tqdm
 
