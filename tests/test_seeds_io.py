@@ -83,7 +83,7 @@ def test_byte_order_mark_and_bad_encoding(tmp_path):
         read_seeds(path)
 
 
-def test_write_result_leaves_one_result_in_the_folder(tmp_path):
+def test_write_result_leaves_one_result_in_the_folder(tmp_path, monkeypatch):
     """A second result written to the same folder removes the first one's stage files it does not have."""
     from psqe.seeds.io import write_result
     from psqe.seeds.pipeline import SeedResult
@@ -95,6 +95,19 @@ def test_write_result_leaves_one_result_in_the_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.json", "seeds.npy", "seeds.tsv",
                                                           "stage_stage1.tsv"]
     assert (tmp_path / "stage_stage1.tsv").read_text() == "0\t5\n"
+    # a third result that fails halfway (here: writing its stage file) leaves no report beside its seeds
+    import psqe.seeds.io as seeds_io
+
+    real = seeds_io.atomic_write
+
+    def fail_on_stages(path, write):
+        if path.name.startswith("stage_"):
+            raise OSError("disk full")
+        real(path, write)
+    monkeypatch.setattr(seeds_io, "atomic_write", fail_on_stages)
+    with pytest.raises(OSError, match="disk full"):
+        write_result(SeedResult(seeds=seeds, stages={"stage1": seeds}), tmp_path, {})
+    assert not (tmp_path / "report.json").exists() and (tmp_path / "seeds.tsv").read_text() == "0\t5\n1\t6\n"
 
 
 def test_atomic_write_syncs_before_the_rename_and_cleans_up(tmp_path, monkeypatch):

@@ -37,13 +37,16 @@ def write_result(result: SeedResult, out_dir: str | Path, config: dict, generato
     """Write seeds, per-stage seeds and the JSON report into ``out_dir``
     (``generators``: generator name -> quality measures, reported beside PSQE's stages).
 
-    Each file is written atomically and ``report.json`` last; ``stage_*.tsv`` files of an earlier
-    result in the folder whose stage this result lacks are removed, so the folder holds one result.
+    Each file is written atomically. ``report.json`` marks a finished result: an earlier result's
+    report is removed before anything else is written and the new one is written last, so a folder
+    with a ``report.json`` never mixes two results, even after a crash halfway. ``stage_*.tsv`` files
+    of an earlier result whose stage this result lacks are removed, so the folder holds one result.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if result.seeds.numel() and int(result.seeds.max()) > np.iinfo(np.int32).max:
         raise ValueError("seed ids exceed int32; seeds.npy cannot hold them")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)
     atomic_write(out / "seeds.tsv", lambda tmp: Path(tmp).write_text(tsv_text(result.seeds)))
     buf = io.BytesIO()
     np.save(buf, result.seeds.numpy().astype(np.int32))
