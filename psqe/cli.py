@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     feats.add_argument("--cache-dir", default=None, help="text-encoder cache (default $PSQE_CACHE or ~/.cache/psqe)")
     feats.add_argument("--seed", type=_seed_value, default=0)
     feats.add_argument("--device", default="cpu")
+    feats.add_argument("--simulation-budget", type=int, default=None,
+                       help="R2: calibrate the simulated images so that this many Type I seeds are 75%% precise "
+                            "(default: the paper's seed budget for the dataset, a tenth of the smaller graph where "
+                            "that is larger than the graph)")
     feats.add_argument("--no-text", action="store_true",
                        help="no text encoder: leave out the seed generator's relation/attribute text slots "
                             "(R0/R2; the aligners' inputs only, for a machine without the text model)")
@@ -108,11 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     out_kind = {"features": "file", "seeds": "folder", "reproduce": "folder", "align": "file", "demo": "folder"}
-    if args.command in out_kind and getattr(args, "out", None) not in (None, "-"):
-        _check_out(parser, args.out, out_kind[args.command])
+    if args.command in out_kind and getattr(args, "out", None) is not None:
+        if args.out == "-" and args.command != "demo":  # demo's '-' writes nothing; elsewhere it is no stdout
+            parser.error("--out -: this command writes files; give a path")
+        if args.out != "-":
+            args.out = str(Path(args.out).expanduser())  # the path every writer then uses
+            _check_out(parser, args.out, out_kind[args.command])
     if args.command == "features":
         if args.no_text and args.setting == "R1":
             parser.error("--no-text: R1's visual slot is the text embedding of the names; use R0 or R2")
+        if args.simulation_budget is not None and (args.setting != "R2" or args.simulation_budget < 1):
+            parser.error(f"--simulation-budget {args.simulation_budget}: a count >= 1, for --setting R2 only")
         _check_device(parser, args.device)
         return _features(args)
     if args.command == "seeds":
@@ -204,9 +214,9 @@ def _align_or_reproduce(args, parser) -> int:
         pair, data = load_pair(config, Path(tmp))
     files = [f.strip() for f in args.clean_exclude.split(",") if f.strip()]  # paths: case kept
     others = [read_seeds(f, with_lines=True) for f in files]
-    data.pairs_from_global(seeds, what=f"seeds file {args.seeds}", lines=seed_lines)  # unknown entities: before training
-    for path, (table, lines) in zip(files, others):
-        data.pairs_from_global(table, what=f"--clean-exclude file {path}", lines=lines)
+    data.pairs_from_global(seeds, what=f"seeds file {args.seeds}", places=seed_lines)  # unknown entities: before training
+    for path, (table, places) in zip(files, others):
+        data.pairs_from_global(table, what=f"--clean-exclude file {path}", places=places)
     others = [table for table, _ in others]
     cell = run_cell(config, pair, data, config.models[0], Path(args.seeds).name, seeds,
                     progress=sys.stderr.isatty(), clean_exclude=others)
@@ -234,13 +244,15 @@ def _check_out(parser, path: str, kind: str) -> None:
     import os
     import tempfile
 
-    target = Path(path).expanduser()
-    if kind == "file" and target.is_dir():
+    target = Path(path)
+    if target.is_symlink() and not target.exists():
+        parser.error(f"--out {path}: a symbolic link to nothing ({os.readlink(target)})")
+    real = Path(os.path.realpath(target))  # symbolic links and '..' resolved as the writers will meet them
+    if kind == "file" and real.is_dir():
         parser.error(f"--out {path}: is a folder; expected a file path")
-    if kind == "folder" and target.exists() and not target.is_dir():
+    if kind == "folder" and real.exists() and not real.is_dir():
         parser.error(f"--out {path}: exists and is not a folder; expected a folder (made if missing)")
-    probe = target if kind == "folder" else target.parent
-    probe = Path(os.path.abspath(probe))
+    probe = real if kind == "folder" else real.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
@@ -281,8 +293,9 @@ def _features(args) -> int:
     from .features import build_feature_set, save_feature_set
 
     pair = load_dataset(args.dataset, root=args.root)
+    simulation = None if args.simulation_budget is None else {"budget": args.simulation_budget}
     summary = build_feature_set(pair, args.setting, cache_dir=args.cache_dir, seed=args.seed, device=args.device,
-                                text=not args.no_text)
+                                text=not args.no_text, simulation=simulation)
     save_feature_set(pair, args.out, summary)
     json.dump(summary, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -326,8 +339,9 @@ def _seeds(args, parser) -> int:
     require_seed_slots(pair, f"--features {args.features}")
     result = generate_seeds(pair.kg1, pair.kg2, config, links=pair.links)
     _, seeds, quality = compare_generators(pair, config, result=result)
-    write_result(result, args.out, dataclasses.asdict(config), generators=quality)
-    write_distribution_plot(Path(args.out) / "seed_distribution.svg", pair, seeds, result.clusters)
+    write_result(result, args.out, dataclasses.asdict(config), generators=quality,  # the plot before the report
+                 before_report=lambda out: write_distribution_plot(out / "seed_distribution.svg", pair, seeds,
+                                                                    result.clusters))
     log.info("wrote %d seeds, the report and seed_distribution.svg to %s", result.seeds.shape[0], args.out)
     return 0
 

@@ -242,6 +242,9 @@ def test_seed_mapping_errors_name_the_row():
     for seeds, message in cases:
         with pytest.raises(ValueError, match=message):
             data.pairs_from_global(torch.tensor(seeds))
+    # a file's pairs are named where they sit in it (read_seeds(..., with_lines=True))
+    with pytest.raises(ValueError, match=r"seeds file s.tsv line 7 \(1, 999\): id 999 is not an entity of kg2"):
+        data.pairs_from_global(torch.tensor([[0, 100], [1, 999]]), what="seeds file s.tsv", places=["line 2", "line 7"])
     with pytest.raises(ValueError, match="integers"):
         data.pairs_from_global(torch.tensor([[0.0, 100.0]]))
     with pytest.raises(ValueError, match=r"train row 0 \[0, 3\]: pair indices must be"):

@@ -100,13 +100,39 @@ def test_out_is_checked_before_any_work(tmp_path, capsys):
          "--clean-selection val picks the clean protocol's epoch"),
         (["align", "nowhere", "--seeds", "s.tsv", "--model", "foo"], "psqe: error: unknown model(s) ['foo']; known: eva"),
     ]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    cases += [
+        (["seeds", "nowhere", "--features", "f", "--out", str(dangling)], "a symbolic link to nothing"),
+        (["features", "nowhere", "--out", "-"], "--out -: this command writes files; give a path"),
+        (["features", "nowhere", "--setting", "R1", "--simulation-budget", "50", "--out", "f.st"],
+         "--simulation-budget 50: a count >= 1, for --setting R2 only"),
+    ]
     if Path("/proc/self").is_dir():  # a file system that takes no new files, even for root
         cases.append((["features", "nowhere", "--out", "/proc/psqe-test.safetensors"], "cannot write in /proc"))
+        proc = tmp_path / "proc_link"
+        proc.symlink_to("/proc/self")  # '..' after a link: the writer meets /proc, not tmp_path
+        cases.append((["align", "nowhere", "--seeds", "s", "--model", "eva", "--out", f"{proc}/../x.json"],
+                      "cannot write in /proc"))
     for argv, message in cases:
         with pytest.raises(SystemExit):
             main(argv)
         assert message in capsys.readouterr().err, argv
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"] and not any(a_folder.iterdir())
+    assert {p.name for p in tmp_path.iterdir()} <= {"a_file", "a_folder", "dangling", "proc_link"}
+    assert not any(a_folder.iterdir())
+
+
+def test_out_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """``--out ~/x``: the check and every writer use the same, expanded, path (not a folder named '~')."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    import io
+    from contextlib import redirect_stdout
+
+    with redirect_stdout(io.StringIO()):
+        assert main(["demo", "--entities", "300", "--seeds", "20", "--epochs", "1", "--out", "~/demo"]) == 0
+    assert (tmp_path / "home" / "demo" / "report.json").is_file() and not (tmp_path / "~").exists()
 
 
 def test_console_script_names_a_missing_package_and_an_interrupt(monkeypatch, capsys):

@@ -111,6 +111,7 @@ def test_errors(pair):
     with pytest.raises(ValueError, match="noise_scale"):
         simulate_visual(pair, noise_scale=-1.0)
     for option, value, message in [("degree_clip", (4.0, 0.25), "degree_clip must be"),
+                                   ("degree_clip", (0.25, 1.0, 4.0), "degree_clip must be a pair"),
                                    ("tolerance", -1.0, "tolerance must be in"),
                                    ("individual_scale", -0.5, "individual_scale must be a finite number >= 0"),
                                    ("initial_scale", 0.0, "initial_scale must be a finite number > 0"),

@@ -49,7 +49,7 @@ def test_bad_text_files_name_the_line(tmp_path, content, message):
     (np.zeros(4, dtype=np.int64), r"expected an integer \[S, 2\] array, got int64 \(4,\)"),
     (np.zeros((3, 2), dtype=np.float32), r"expected an integer \[S, 2\] array, got float32 \(3, 2\)"),
     (np.zeros((0, 2), dtype=np.int64), "holds no seed pairs"),
-    (np.array([[0, 1], [0, 2]]), r"line 2: \[0, 2\] uses entity 0 \(column 1\) again \(line 1\)"),
+    (np.array([[0, 1], [0, 2]]), r"row 1: \[0, 2\] uses entity 0 \(column 1\) again \(row 0\)"),  # 0-based rows
 ])
 def test_bad_npy_files_are_named(tmp_path, array, message):
     path = tmp_path / "seeds.npy"

@@ -165,14 +165,14 @@ class AlignData:
         pos = torch.searchsorted(sorted_ids, values.contiguous()).clamp(max=sorted_ids.numel() - 1)
         return order[pos], sorted_ids[pos] == values
 
-    def pairs_from_global(self, pairs, what: str = "seeds", lines=None) -> Tensor:
+    def pairs_from_global(self, pairs, what: str = "seeds", places=None) -> Tensor:
         """Map ``[S, 2]`` global-id pairs ``(kg1 entity, kg2 entity)`` to the pair index.
 
         Raises ``ValueError`` naming the first bad row: wrong shape or dtype,
         an id that is not an entity of its graph (with a hint when the columns
         look swapped), or an entity used by two rows (pairs must be one-to-one;
-        an exact repeat counts). ``what`` names the input in messages, and ``lines`` (each row's line
-        in a file, :func:`psqe.seeds.io.read_seeds`'s ``with_lines``) the row by its line.
+        an exact repeat counts). ``what`` names the input in messages, and ``places`` (where each row
+        sits in its file, e.g. ``"line 3"``: :func:`psqe.seeds.io.read_seeds`'s ``with_lines``) the row.
         """
         p = torch.as_tensor(pairs)
         if p.dim() != 2 or p.shape[1] != 2:
@@ -186,7 +186,7 @@ class AlignData:
         if bool(bad.any()):
             r = int(bad.nonzero()[0, 0])
             a, b = p[r].tolist()
-            where = f"row {r}" if lines is None else f"line {lines[r]}"
+            where = f"row {r}" if places is None else places[r]
             if bool(self._find(p[r:r + 1, 0], 1)[1]) and bool(self._find(p[r:r + 1, 1], 0)[1]):
                 raise ValueError(f"{what} {where} ({a}, {b}): the columns look swapped; each row must be (kg1 id, kg2 id)")
             side, value = (1, a) if not bool(ok1[r]) else (2, b)

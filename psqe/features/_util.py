@@ -50,8 +50,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         _fsync(tmp)  # the data reaches the disk before the name does: a crash leaves the old file or the new one
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode (after the sync,
+        # which opens it for writing: a umask without the owner's write bit would refuse that)
         os.replace(tmp, path)
         _fsync(path.parent, directory=True)
     except BaseException:

@@ -81,14 +81,16 @@ def entity_names(pair, names: Mapping[int, str | Sequence[str]] | None = None) -
     return out[0], out[1]
 
 
-def simulation_config(simulation: SimulationConfig | Mapping[str, Any] | None, pair_name: str | None) -> SimulationConfig:
+def simulation_config(simulation: SimulationConfig | Mapping[str, Any] | None, pair_name: str | None,
+                      smaller: int | None = None) -> SimulationConfig:
     """The R2 simulation's config: ``simulation`` as given, a dict without ``budget`` (or None) calibrated
-    at the paper's seed budget for ``pair_name``.
+    at the paper's seed budget for ``pair_name``. Where that budget exceeds ``smaller`` (the smaller
+    graph's entity count), a graph smaller than the paper's, it is a tenth of it, with a warning.
 
     >>> simulation_config(None, "DWY15K/dbp_wd_15k_V1").budget, simulation_config({"coverage": 0.5}, "DBP15K/ja_en").budget
     (5000, 1000)
-    >>> simulation_config({"budget": 300}, "DWY15K/dbp_wd_15k_V1").budget
-    300
+    >>> simulation_config({"budget": 300}, "DWY15K/dbp_wd_15k_V1").budget, simulation_config(None, "mine", smaller=600).budget
+    (300, 60)
     """
     from ..seeds.config import paper_budget
 
@@ -97,8 +99,14 @@ def simulation_config(simulation: SimulationConfig | Mapping[str, Any] | None, p
     fields = dict(simulation or {})
     if "budget" not in fields:
         fields["budget"] = paper_budget(pair_name or "")
-        log.info("simulated visual modality: calibrated at %d Type I seeds, the paper's seed budget for %s",
-                 fields["budget"], pair_name or "this pair")
+        if smaller is not None and fields["budget"] > smaller:
+            log.warning("simulated visual modality: the paper's budget %d exceeds the smaller graph's %d entities; "
+                        "calibrated at %d Type I seeds instead (a tenth; set it with --simulation-budget or "
+                        "simulation={'budget': N})", fields["budget"], smaller, max(1, smaller // 10))
+            fields["budget"] = max(1, smaller // 10)
+        else:
+            log.info("simulated visual modality: calibrated at %d Type I seeds, the paper's seed budget for %s",
+                     fields["budget"], pair_name or "this pair")
     return SimulationConfig(**fields)
 
 
@@ -215,7 +223,7 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         _attach(pair, "visual", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
                 "R1: text embedding of the entity name (names as pivot)")
     elif setting == "R2":
-        cfg = simulation_config(simulation, pair.name)
+        cfg = simulation_config(simulation, pair.name, min(pair.kg1.num_entities, pair.kg2.num_entities))
         sim = simulate_visual(pair, seed=seed, noise_scale=noise_scale, device=device, config=cfg, progress=progress)
         _attach(pair, "visual", [(sim.features1, sim.present1), (sim.features2, sim.present2)], summary,
                 "R2: SIMULATED visual modality (uses gold links)")
@@ -277,8 +285,9 @@ def require_seed_slots(pair, source: str) -> None:
     """
     lacking = [f"kg{k}" for k, kg in ((1, pair.kg1), (2, pair.kg2)) if "relation" not in kg.features]
     if lacking and not (pair.kg1.relation_names and pair.kg2.relation_names):
-        log.warning("%s: no 'relation' slot, as the dataset names no relations: the seed generator weighs the "
-                    "other slots", source)
+        left = sorted(set(pair.kg1.features) & set(pair.kg2.features) & {"visual", "attribute"})
+        log.warning("%s: no 'relation' slot, as the dataset names no relations: the seed generator weighs %s alone",
+                    source, " and ".join(repr(m) for m in left) or "nothing (it will refuse)")
     elif lacking:
         raise ValueError(f"{source}: no 'relation' feature on {' and '.join(lacking)} (a feature file built with "
                          "--no-text?): the seed generator would weigh its visual slot alone; build the features "

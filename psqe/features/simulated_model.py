@@ -69,6 +69,8 @@ class SimulationConfig:
         for name in ("base", "class_scale", "individual_scale", "degree_exponent"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not isinstance(self.degree_clip, (tuple, list)) or len(self.degree_clip) != 2:
+            raise ValueError(f"degree_clip must be a pair (low, high), got {self.degree_clip!r}")
         lo, hi = self.degree_clip
         if not 0.0 < lo <= hi < math.inf:
             raise ValueError(f"degree_clip must be (low, high) with 0 < low <= high, got {self.degree_clip}")

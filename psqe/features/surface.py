@@ -113,14 +113,14 @@ def _glove_from_text(path: Path, restrict: set[str] | None) -> tuple[list[str], 
                     continue  # word2vec-style header "count dim"
                 dim = len(parts) - 1
             word = " ".join(parts[:-dim])
+            if not word:  # checked on every line, also those restrict_to skips
+                raise ValueError(f"{path}, line {lineno}: expected a word and {dim} numbers")
             if restrict is not None and word not in restrict:
-                continue
+                continue  # its numbers are not parsed (the cost of reading a large file for a few words)
             try:
                 rows.append(np.asarray(parts[-dim:], dtype=np.float32))
             except ValueError:
                 raise ValueError(f"{path}, line {lineno}: expected a word and {dim} numbers") from None
-            if not word:
-                raise ValueError(f"{path}, line {lineno}: expected a word and {dim} numbers")
             words.append(word)
     if dim is None:
         raise ValueError(f"glove file {path} holds no vectors")

@@ -33,9 +33,11 @@ def tsv_text(seeds: torch.Tensor) -> str:
     return "".join(f"{a}\t{b}\n" for a, b in seeds.tolist())
 
 
-def write_result(result: SeedResult, out_dir: str | Path, config: dict, generators: dict | None = None) -> None:
+def write_result(result: SeedResult, out_dir: str | Path, config: dict, generators: dict | None = None,
+                 before_report=None) -> None:
     """Write seeds, per-stage seeds and the JSON report into ``out_dir``
-    (``generators``: generator name -> quality measures, reported beside PSQE's stages).
+    (``generators``: generator name -> quality measures, reported beside PSQE's stages;
+    ``before_report(out_dir)``: writes further files of the result, e.g. a plot, before the report).
 
     Each file is written atomically. ``report.json`` marks a finished result: an earlier result's
     report is removed before anything else is written and the new one is written last, so a folder
@@ -65,12 +67,15 @@ def write_result(result: SeedResult, out_dir: str | Path, config: dict, generato
         "config": config,
     }
     text = json.dumps(report, indent=2, default=str)
+    if before_report is not None:
+        before_report(out)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def read_seeds(path: str | Path, with_lines: bool = False):
     """Seeds from a file ``write_result`` wrote (or any like it): int64 ``[S, 2]`` global ids
-    (with ``with_lines``, also each row's 1-based line in the file, for messages about it).
+    (with ``with_lines``, also where each pair sits, for messages about it: ``"line 3"`` of a text
+    file, ``"row 2"`` (0-based) of a ``.npy``).
 
     ``.npy``: an integer ``[S, 2]`` array. Anything else: text, one pair per
     line, ``id1<TAB>id2`` (spaces also accepted; blank lines skipped). Errors
@@ -91,7 +96,7 @@ def read_seeds(path: str | Path, with_lines: bool = False):
         if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "iu":
             raise ValueError(f"seeds file {path}: expected an integer [S, 2] array, got {array.dtype} {array.shape}")
         seeds = torch.from_numpy(array.astype(np.int64))
-        lines = list(range(1, seeds.shape[0] + 1))
+        lines = [f"row {i}" for i in range(seeds.shape[0])]
     else:
         rows, lines = [], []
         try:
@@ -105,13 +110,13 @@ def read_seeds(path: str | Path, with_lines: bool = False):
             if len(fields) != 2 or not all(INTEGER_ID.fullmatch(f) for f in fields):
                 raise ValueError(f"seeds file {path}, line {number}: expected 'id1<TAB>id2' (two integers), got {line.rstrip()!r}")
             rows.append((int(fields[0]), int(fields[1])))
-            lines.append(number)
+            lines.append(f"line {number}")
         seeds = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
     if seeds.shape[0] == 0:
         raise ValueError(f"seeds file {path} holds no seed pairs")
     if bool((seeds < 0).any()):
         row = int((seeds < 0).any(1).nonzero()[0, 0])
-        raise ValueError(f"seeds file {path}, line {lines[row]}: negative entity id {seeds[row].tolist()}")
+        raise ValueError(f"seeds file {path}, {lines[row]}: negative entity id {seeds[row].tolist()}")
     for side in (0, 1):
         values, inverse = torch.unique(seeds[:, side], return_inverse=True)
         if values.numel() != seeds.shape[0]:
@@ -120,6 +125,6 @@ def read_seeds(path: str | Path, with_lines: bool = False):
             row = int((first[inverse] != torch.arange(seeds.shape[0])).nonzero()[0, 0])
             what = "repeats an earlier pair" if bool((seeds[first[inverse[row]]] == seeds[row]).all()) else \
                 f"uses entity {int(seeds[row, side])} (column {side + 1}) again"
-            raise ValueError(f"seeds file {path}, line {lines[row]}: {seeds[row].tolist()} {what} "
-                             f"(line {lines[int(first[inverse[row]])]}); seeds must be one-to-one")
+            raise ValueError(f"seeds file {path}, {lines[row]}: {seeds[row].tolist()} {what} "
+                             f"({lines[int(first[inverse[row]])]}); seeds must be one-to-one")
     return (seeds, lines) if with_lines else seeds
