@@ -53,6 +53,21 @@ def test_r1(pair, bert, tmp_path):
     # same name -> same visual vector in R1 (names as pivot)
     enc = TextEncoder(bert, cache_dir=tmp_path, progress=False)
     torch.testing.assert_close(pair.kg1.features["visual"][0], enc.encode(["paris paris"])[0])
+    a, b = enc.encode(["paris france", "banana bread"])  # and different names differ (each word is in the vocabulary)
+    assert float((a - b).abs().max()) > 1e-3
+
+
+def test_r1_entities_without_a_name_get_evas_draw(pair, bert, tmp_path):
+    """R1's visual slot for a nameless entity is missing like an image: EVA's N(mean, std) draw, not a zero row."""
+    names = names_for(pair)
+    for gid in pair.kg1.ids[:3].tolist():
+        names[gid] = []
+    build(pair, "R1", bert, tmp_path, names=names)
+    visual, present = pair.kg1.features["visual"], pair.kg1.present["visual"]
+    assert present.tolist()[:4] == [False, False, False, True]
+    assert bool((visual[:3].abs().sum(1) > 0).all()) and not torch.equal(visual[0], visual[1])
+    named = torch.cat([visual[3:], pair.kg2.features["visual"]])
+    assert float((visual[:3].mean(0) - named.mean(0)).abs().max()) < 4 * float(named.std(0).max())
 
 
 def test_r2_keeps_names_out_of_the_seed_slots(pair, bert, tmp_path):

@@ -219,9 +219,11 @@ def build_feature_set(pair, setting: str, text_model: str | os.PathLike | None =
         texts = [" ".join(tok) for tok in tokens1 + tokens2]
         table = enc.encode(texts)
         present = torch.tensor([bool(s) for s in texts], dtype=torch.bool)
-        table[~present] = 0.0
+        if not bool(present.all()):  # nameless entities: EVA's rule for a missing visual row, as in R0 and R2
+            table = fill_missing(table, present, seed=seed)
         _attach(pair, "visual", [(table[:n1], present[:n1]), (table[n1:], present[n1:])], summary,
-                "R1: text embedding of the entity name (names as pivot)")
+                "R1: text embedding of the entity name (names as pivot); without a name: a draw from "
+                "N(mean, std) of the others (EVA's rule)")
     elif setting == "R2":
         cfg = simulation_config(simulation, pair.name, min(pair.kg1.num_entities, pair.kg2.num_entities))
         sim = simulate_visual(pair, seed=seed, noise_scale=noise_scale, device=device, config=cfg, progress=progress)
