@@ -21,7 +21,7 @@ Panel = tuple[str, Sequence[str], dict[str, Sequence[float]]]
 
 def _panel(x0: float, y0: float, width: float, height: float, panel: Panel, colours: dict[str, str]) -> list[str]:
     label, categories, series = panel
-    top = max([max(v, default=0.0) for v in series.values()] + [1e-9])
+    top = max([max((x for x in v if x is not None), default=0.0) for v in series.values()] + [1e-9])
     out = [f'<text x="{x0 + width / 2:.1f}" y="{y0 - 8:.1f}" text-anchor="middle" font-size="13">{escape(label)}</text>',
            f'<line x1="{x0}" y1="{y0 + height}" x2="{x0 + width}" y2="{y0 + height}" stroke="#333"/>',
            f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y0 + height}" stroke="#333"/>']
@@ -32,6 +32,8 @@ def _panel(x0: float, y0: float, width: float, height: float, panel: Panel, colo
     bar = slot * 0.8 / max(len(series), 1)
     for c, cat in enumerate(categories):
         for s, (name, values) in enumerate(series.items()):
+            if values[c] is None:  # no such measurement: no bar (a 0 would read as one)
+                continue
             h = height * float(values[c]) / top
             x = x0 + c * slot + slot * 0.1 + s * bar
             out.append(f'<rect x="{x:.1f}" y="{y0 + height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
@@ -44,7 +46,7 @@ def _panel(x0: float, y0: float, width: float, height: float, panel: Panel, colo
 def grouped_bars_svg(panels: Sequence[Panel], title: str = "", ylabel: str = "fraction of entities") -> str:
     """An SVG document with one grouped-bar panel per ``(label, categories, {series: values})``.
 
-    Every series of a panel must have one value per category.
+    Every series of a panel must have one value per category (None: no bar there).
     """
     for label, categories, series in panels:
         for name, values in series.items():

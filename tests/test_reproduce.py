@@ -209,6 +209,10 @@ def test_copied_seeds_must_match_the_settings(report, dataset, tmp_path, caplog)
         _check_reused(copy / "seeds" / "psqe.tsv", {"made_with": psqe_made}, config)
     _check_reused(copy / "seeds" / "psqe.tsv", {"made_with": {**psqe_made, "stage2_seed": 3}}, config)
     _check_reused(copy / "seeds" / "uvp.tsv", {"made_with": psqe_made}, config)
+    # nor on Stage II's epochs: a baseline made in a run with other --psqe-epochs is the same set
+    _check_reused(copy / "seeds" / "uvp.tsv", {"made_with": {**psqe_made, "psqe_epochs": 9}}, config)
+    with pytest.raises(ValueError, match=r"psqe_epochs 9 \(this run: 5\)"):
+        _check_reused(copy / "seeds" / "psqe.tsv", {"made_with": {**psqe_made, "stage2_seed": 3, "psqe_epochs": 9}}, config)
     assert (copy / "seeds" / "uvp.tsv").read_text() == (report / "seeds" / "uvp.tsv").read_text()
     assert json.loads((copy / "seeds" / "quality.json").read_text())["uvp"] == quality["uvp"]
 
@@ -324,6 +328,61 @@ def test_resume_reruns_stale_clean_entries(dataset, tmp_path):
     back = json.loads(path.read_text())
     assert _timeless(back["legacy"]) == _timeless(first["legacy"]) and back["previous"]["legacy"]["hits@1"] == 0.1234
     assert _timeless(back["clean"]) == _timeless(grown["clean"])
+
+
+def test_a_refused_first_run_leaves_its_folder_free(dataset, tmp_path):
+    """A first run refused on its features (after config.json was written) does not lock the folder: the
+    same folder then takes the right --features; features this folder built at another seed are refused."""
+    import copy
+
+    from loader_files import write_pair_with_features
+    from psqe.data.synthetic import make_pair
+
+    folder, features, _ = dataset
+    _, wrong, _ = write_pair_with_features(make_pair(1100, seed=1), tmp_path / "other")
+    out = tmp_path / "out"
+    argv = ["reproduce", "--dataset", str(folder), "--models", "eva", "--budget", "150", "--epochs", "2",
+            "--seeds", "uvp", "--no-supervised", "--protocols", "legacy", "--seed", "0", "--out", str(out)]
+    with pytest.raises(ValueError, match="entity ids differ"):
+        main([*argv, "--features", str(wrong)])
+    assert not (out / "config.json").exists()
+    assert main([*argv, "--features", str(features)]) == 0
+    # a feature file reproduce built in its folder records its seed; another --seed may not reuse it
+    from psqe.features import load_feature_set, save_feature_set
+    from psqe.reproduce import ReproduceConfig
+    from psqe.reproduce.cells import load_pair
+
+    pair = copy.deepcopy(dataset[2])
+    built = tmp_path / "built"
+    built.mkdir()
+    save_feature_set(pair, built / "features.safetensors", {"setting": "R2", "seed": 0})
+    with pytest.raises(ValueError, match=r"features.safetensors was built with seed 0, this run's is 42"):
+        load_pair(ReproduceConfig(dataset=str(folder), models=("eva",), seed=42), built)
+    assert load_feature_set(copy.deepcopy(dataset[2]), built / "features.safetensors")["seed"] == 0
+
+
+def test_summary_leaves_out_a_cell_of_an_older_seed_set(report, tmp_path, caplog):
+    """A resume that made a seed set again reruns only the models it names: the summary leaves out another
+    model's cell that trained on the older set, and says so."""
+    import shutil
+
+    from psqe.reproduce.summary import summary_rows
+
+    folder = tmp_path / "f"
+    shutil.copytree(report, folder)
+    uvp = folder / "seeds" / "uvp.tsv"
+    uvp.write_text("".join(uvp.read_text().splitlines(keepends=True)[10:]))  # the set made again, smaller
+    with caplog.at_level("WARNING", logger="psqe.reproduce.summary"):
+        rows = summary_rows([folder])
+    assert all(r["type1"] is None for r in rows) and all(r["type2"] is not None for r in rows)
+    assert "eva__uvp.json trained on another uvp" in caplog.text
+
+
+def test_h1_plot_draws_no_bar_where_no_number_is():
+    from psqe.plot import grouped_bars_svg
+
+    svg = grouped_bars_svg([("H@1", ["eva", "mclea"], {"uvp": [0.5, None], "psqe": [0.6, 0.7]})])
+    assert "uvp mclea" not in svg and "uvp eva: 0.5000" in svg and "psqe mclea: 0.7000" in svg
 
 
 def test_summary_rows_carry_the_cells_numbers(report, tmp_path):
@@ -519,7 +578,11 @@ def test_clean_note_flags_mixed_test_sets():
     assert "last epoch" not in note
     picked = {"model": "mclea", "seeds": "psqe", "clean": {**new["clean"], "selection": "mnn", "hits@1": 0.2868,
                                                            "best_epoch": 149, "last_epoch": {"hits@1": 0.2512}}}
-    assert "selected epoch against the run's last epoch: mclea / psqe epoch 149: 0.287 against 0.251." in _clean_note([picked])
+    # best_epoch is fit's 0-based index: printed as the epoch people count (150 of 150 is the last)
+    assert "selected epoch against the run's last epoch: mclea / psqe epoch 150: 0.287 against 0.251." in _clean_note([picked])
+    # the seed sets the clean test was made without, as config.json records them
+    assert "nor the seed sets uvp, psqe touch" in _clean_note([new], ["supervised30 split", "uvp", "psqe"])
+    assert "nor any seed set of this report touches" in _clean_note([new])
 
 
 def test_cells_record_the_code_commit(report):

@@ -267,9 +267,14 @@ def reproduce(config: ReproduceConfig, out: str | Path, progress: bool = True) -
     header = {"config": mine, "versions": _versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_json(saved, header)
 
-    pair, data = load_pair(config, out)
-    remade = set(config.seeds) - finished_seed_sets(out)  # made in this run: no finished cell trained on them
-    seeds, clusters, quality = make_seeds(config, pair, out)
+    try:
+        pair, data = load_pair(config, out)
+        remade = set(config.seeds) - finished_seed_sets(out)  # made in this run: no finished cell trained on them
+        seeds, clusters, quality = make_seeds(config, pair, out)
+    except BaseException:
+        if not before:  # a first run refused on its data or features (or stopped) does not lock the folder
+            saved.unlink(missing_ok=True)
+        raise
     others = _folder_seed_sets(out, seeds, quality)
     digest, record = None, before.get("clean_test")
     if "clean" in config.protocols:

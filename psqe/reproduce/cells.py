@@ -40,7 +40,10 @@ def load_pair(config, out: Path):
         raise ValueError(f"reproduce: {config.dataset} has no gold links; nothing can be evaluated")
     path = Path(config.features) if config.features else out / "features.safetensors"
     if path.exists():
-        load_feature_set(pair, path, setting=config.setting)
+        summary = load_feature_set(pair, path, setting=config.setting)
+        if not config.features and summary.get("seed", config.seed) != config.seed:  # built here by another run
+            raise ValueError(f"reproduce: {path} was built with seed {summary['seed']}, this run's is {config.seed}; "
+                             "remove it to build it again, or use another --out folder")
         log.info("features: read %s", path)
     elif config.features:
         raise FileNotFoundError(f"reproduce: feature file {path} does not exist")
@@ -83,7 +86,9 @@ def _check_reused(path: Path, entry: dict, config) -> None:
     mine = _seed_settings(config)
     # recorded since stop 29 / 30; before, every walk broke ties in file order and Stage II drew with seed 0
     made = {"tie_order": "file", "stage2_seed": 0, **made}
-    keys = (*SEED_SETTINGS, "tie_order") + (("stage2_seed",) if path.stem not in BASELINES else ())
+    # the baselines run no Stage II: its epochs and seed do not make them
+    keys = tuple(k for k in (*SEED_SETTINGS, "tie_order", "stage2_seed")
+                 if path.stem not in BASELINES or k not in ("psqe_epochs", "stage2_seed"))
     differ = [f"{k} {made.get(k)!r} (this run: {mine[k]!r})" for k in keys if made.get(k) != mine[k]]
     if differ:
         raise ValueError(f"reproduce: {path} was made with {'; '.join(differ)}; remove it (and its entry in "

@@ -46,19 +46,23 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean_note(cells: list[dict]) -> str:
-    """One line on the clean test set(s) of ``cells`` (empty without clean entries)."""
+def _clean_note(cells: list[dict], untouched_by: list[str] | None = None) -> str:
+    """One line on the clean test set(s) of ``cells`` (empty without clean entries); ``untouched_by``: what
+    the folder's clean test was made without (``config.json``'s ``clean_test``), when known."""
     entries = [c["clean"] for c in cells if "clean" in c]
     if not entries:
         return ""
     sets = sorted({(e.get("queries"), e.get("test_digest"), e.get("selection", "val")) for e in entries}, key=str)
     text = "; ".join(f"{'?' if q is None else int(q)} test links (digest {d}), selection {sel}" for q, d, sel in sets)
     warn = " **Rows are on different test sets: compare with care.**" if len(sets) > 1 else ""
-    picked = [f"{c['model']} / {c['seeds']} epoch {c['clean']['best_epoch']}: {c['clean']['hits@1']:.3f} against "
+    picked = [f"{c['model']} / {c['seeds']} epoch {c['clean']['best_epoch'] + 1}: {c['clean']['hits@1']:.3f} against "
               f"{c['clean']['last_epoch']['hits@1']:.3f}" for c in cells if "last_epoch" in c.get("clean", {})]
     last = f" Clean H@1 at the selected epoch against the run's last epoch: {'; '.join(picked)}." if picked else ""
+    named = [x for x in untouched_by or () if x != "supervised30 split"]
+    sets_named = ("any seed set of this report" if untouched_by is None else
+                  "the seed sets " + ", ".join(named) if named else "a seed set (none had been made)")
     return (f"Clean protocol: {text}; every kg2 entity a candidate; the test links are those that neither the 30% "
-            f"gold split nor any seed set of this report touches.{warn}{last}\n\n")
+            f"gold split nor {sets_named} {'touch' if named else 'touches'}.{warn}{last}\n\n")
 
 
 def claims(cells: list[dict], quality: dict, protocols=("legacy",)) -> list[str]:
@@ -136,6 +140,14 @@ def _training_seed_note(config) -> str:
     return "" if config.training_seed == config.seed else f" (the aligners train with seed {config.training_seed})"
 
 
+def _untouched_by(out: Path) -> list[str] | None:
+    import json
+
+    path = Path(out) / "config.json"
+    record = json.loads(path.read_text(encoding="utf-8")).get("clean_test") if path.exists() else None
+    return None if not record else list(record.get("untouched_by", [])) or None
+
+
 def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, clusters, quality: dict,
                  paper: tuple[str, dict] | None) -> None:
     """Write table.md/csv, seed_quality.md, h1.svg and seed_distribution.svg into ``out`` (atomically).
@@ -158,7 +170,7 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
             f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}"
             f"{'; iterative learning on (the schedule, then as many epochs again)' if config.iterative else ''}; seed {config.seed}{_training_seed_note(config)}. "
             f"`{SUPERVISED}`: trained on 30% gold links. {paper_text}\n\n",
-            _clean_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
+            _clean_note(cells, _untouched_by(out)), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
             _markdown(qrows, ["seeds"] + QUALITY), "\n## The paper's claims on these numbers\n\n",
             "".join(f"- {c}\n" for c in claims(cells, quality, protocols))]
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text("".join(text), encoding="utf-8"))
@@ -169,7 +181,8 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
     panels = []
     for protocol in protocols:
         h1 = {(r["model"], r["seeds"]): r[f"{protocol}_hits@1"] for r in rows}
-        series = {m: [float(h1.get((model, m)) or 0.0) for model in models] for m in methods}
+        series = {m: [None if h1.get((model, m)) is None else float(h1[(model, m)]) for model in models]
+                  for m in methods}
         panels.append((f"H@1 ({protocol} protocol) per aligner", models, series))
     svg = grouped_bars_svg(panels,
                            title=f"H@1 per aligner and seed set: {pair.name or config.dataset} {config.setting}", ylabel="H@1")

@@ -29,11 +29,14 @@ cell leaves its column empty; it is never filled in.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..align.metrics import PROTOCOLS
 from . import SUPERVISED, paper_entry
 from .report import _margin
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["report", "model", "protocol", "epochs", "train_seed", "test_links", "supervised30", "type1", "type2",
            "psqe", "psqe_pairs", "psqe_minus_type1", "psqe_minus_type2", "paper_delta", "other_seed_sets"]
@@ -96,6 +99,23 @@ def _views(cells: dict) -> list[tuple[str, dict]]:
     return views
 
 
+def _stale(folder: Path, cell: dict) -> bool:
+    """Whether ``cell`` trained on another seed set than the folder's file of that name now holds (a resume
+    that made the set again reran only the models it named); such a cell is left out, with a warning."""
+    path = folder / "seeds" / f"{cell.get('seeds')}.tsv"
+    if "seeds_digest" not in cell or not path.is_file():
+        return False
+    from ..align import pairs_digest
+    from ..seeds.io import read_seeds
+
+    if pairs_digest(read_seeds(path)) == cell["seeds_digest"]:
+        return False
+    log.warning("reproduce summary: %s/cells/%s__%s.json trained on another %s than %s holds now; left out "
+                "(resume the folder with --models %s to train it again)", folder.name, cell.get("model"),
+                cell.get("seeds"), cell.get("seeds"), path, cell.get("model"))
+    return True
+
+
 def summary_rows(folders) -> list[dict]:
     """A row per (folder, model, protocol) with H@1 per seed set and PSQE's margins (see the module docstring)."""
     rows = []
@@ -106,6 +126,7 @@ def summary_rows(folders) -> list[dict]:
         cells = [_load_json(p) for p in sorted((folder / "cells").glob("*.json"))]
         if not cells:
             raise ValueError(f"reproduce summary: {folder}/cells holds no finished cell")
+        cells = [c for c in cells if not _stale(folder, c)]
         for model in dict.fromkeys(c["model"] for c in cells):
             mine = {c["seeds"]: c for c in cells if c["model"] == model}
             for protocol, entries in _views(mine):
