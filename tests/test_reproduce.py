@@ -378,6 +378,15 @@ def test_summary_leaves_out_a_cell_of_an_older_seed_set(report, tmp_path, caplog
     assert "eva__uvp.json trained on another uvp" in caplog.text
 
 
+def test_table_says_when_cells_come_from_several_commits():
+    from psqe.reproduce.report import _commit_note
+
+    a = {"model": "eva", "seeds": "uvp", "legacy": {"commit": "aaaaaaaaaaaaaaaa"}, "clean": {"commit": "aaaaaaaaaaaaaaaa"}}
+    b = {"model": "eva", "seeds": "psqe", "legacy": {"commit": "bbbbbbbbbbbbbbbb"}}
+    assert _commit_note([a, dict(a, seeds="multimodal")]) == ""
+    assert _commit_note([a, b]) == "The cells were trained by 2 code commits (aaaaaaaaaaaa: eva / uvp; bbbbbbbbbbbb: eva / psqe).\n\n"
+
+
 def test_h1_plot_draws_no_bar_where_no_number_is():
     from psqe.plot import grouped_bars_svg
 

@@ -140,6 +140,19 @@ def _training_seed_note(config) -> str:
     return "" if config.training_seed == config.seed else f" (the aligners train with seed {config.training_seed})"
 
 
+def _commit_note(cells: list[dict]) -> str:
+    """A line when the cells were trained by more than one code commit (a folder resumed after the code moved)."""
+    commits = {}
+    for c in cells:
+        for p in PROTOCOLS:
+            if p in c:
+                commits.setdefault(str(c[p].get("commit") or "unknown")[:12], []).append(f"{c['model']} / {c['seeds']}")
+    if len(commits) < 2:
+        return ""
+    parts = "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in sorted(commits.items()))
+    return f"The cells were trained by {len(commits)} code commits ({parts}).\n\n"
+
+
 def _untouched_by(out: Path) -> list[str] | None:
     import json
 
@@ -170,7 +183,7 @@ def write_report(out: Path, config, pair, cells: list[dict], seeds: dict, cluste
             f"{config.psqe_epochs or 300}; surface {'on' if config.surface else 'off'}"
             f"{'; iterative learning on (the schedule, then as many epochs again)' if config.iterative else ''}; seed {config.seed}{_training_seed_note(config)}. "
             f"`{SUPERVISED}`: trained on 30% gold links. {paper_text}\n\n",
-            _clean_note(cells, _untouched_by(out)), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
+            _clean_note(cells, _untouched_by(out)), _commit_note(cells), "## Downstream alignment\n\n", _markdown(rows, COLUMNS), "\n## Seed quality\n\n",
             _markdown(qrows, ["seeds"] + QUALITY), "\n## The paper's claims on these numbers\n\n",
             "".join(f"- {c}\n" for c in claims(cells, quality, protocols))]
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text("".join(text), encoding="utf-8"))
