@@ -362,23 +362,28 @@ def load_feature_set(pair, path: str | os.PathLike, setting: str | None = None) 
                     raise ValueError(f"its kg{k} entity ids differ from the pair's"
                                      + (f" (it was built for {made_for}, this is {pair.name})"
                                         if made_for and made_for != pair.name else ""))
-                for key in sorted(keys):
-                    if key.startswith(f"kg{k}/") and not key.endswith((".present", "/ids")):
-                        if f"{key}.present" not in keys:
-                            raise ValueError(f"table {key} has no {key}.present mask")
-                        tables[k][key.split("/", 1)[1]] = (f.get_tensor(key), f.get_tensor(f"{key}.present"))
+            # what the metadata alone can refuse, before the tables are read
             if "graphs" in meta and meta["graphs"] != graphs_digest(pair):
                 raise ValueError("it was built for another pair: the entity ids match, the triples differ")
             if "links" in meta and pair.links is not None and meta["links"] != _digest(pair.links):
                 raise ValueError("it was built for another pair: the entity ids match, the gold links differ")
-            one_sided = sorted(set(tables[1]) ^ set(tables[2]))
-            if one_sided:
-                raise ValueError(f"table(s) {one_sided} on one graph only: the seed generator and the aligners "
-                                 "read a modality of both graphs or of neither")
             built = summary.get("setting") if isinstance(summary, dict) else None
             if setting is not None and built is not None and str(built) != str(setting).upper():
                 raise ValueError(f"it holds setting {built} features, not {str(setting).upper()}: pass --setting "
                                  f"{built} or a file built with --setting {str(setting).upper()}")
+            names = {k: {key.split("/", 1)[1] for key in keys
+                         if key.startswith(f"kg{k}/") and not key.endswith((".present", "/ids"))} for k in (1, 2)}
+            for k in (1, 2):
+                for name in sorted(names[k]):
+                    if f"kg{k}/{name}.present" not in keys:
+                        raise ValueError(f"table kg{k}/{name} has no kg{k}/{name}.present mask")
+            one_sided = sorted(names[1] ^ names[2])
+            if one_sided:
+                raise ValueError(f"table(s) {one_sided} on one graph only: the seed generator and the aligners "
+                                 "read a modality of both graphs or of neither")
+            for k in (1, 2):
+                for name in sorted(names[k]):
+                    tables[k][name] = (f.get_tensor(f"kg{k}/{name}"), f.get_tensor(f"kg{k}/{name}.present"))
     except (ValueError, TypeError) as err:  # safetensors' own errors, JSON errors and the checks above
         raise ValueError(f"feature file {path}: {err}") from None
     except Exception as err:  # SafetensorError (a truncated or foreign file) derives from Exception only

@@ -230,9 +230,8 @@ def _write_json(path: Path, obj) -> None:
 def _versions() -> dict:
     """The software and machine of a run; ``commit`` is read when the run starts (the code it loaded), and
     every cell of the process records that same one, even if the checkout moves on while it runs."""
-    from .. import _pyg, ops
-
-    torch_geometric = _pyg.torch_geometric
+    from .. import ops
+    from .._pyg import torch_geometric
     from .cells import code_commit
     return {"psqe": __version__, "commit": code_commit(), "torch": torch.__version__,
             "torch_geometric": torch_geometric.__version__, "python": platform.python_version(),

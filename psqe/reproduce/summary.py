@@ -99,16 +99,19 @@ def _views(cells: dict) -> list[tuple[str, dict]]:
     return views
 
 
-def _stale(folder: Path, cell: dict) -> bool:
+def _stale(folder: Path, cell: dict, digests: dict) -> bool:
     """Whether ``cell`` trained on another seed set than the folder's file of that name now holds (a resume
-    that made the set again reran only the models it named); such a cell is left out, with a warning."""
+    that made the set again reran only the models it named); such a cell is left out, with a warning.
+    ``digests``: the folder's seed-file digests read so far (each file is read once)."""
     path = folder / "seeds" / f"{cell.get('seeds')}.tsv"
     if "seeds_digest" not in cell or not path.is_file():
         return False
-    from ..align import pairs_digest
-    from ..seeds.io import read_seeds
+    if path not in digests:
+        from ..align import pairs_digest
+        from ..seeds.io import read_seeds
 
-    if pairs_digest(read_seeds(path)) == cell["seeds_digest"]:
+        digests[path] = pairs_digest(read_seeds(path))
+    if digests[path] == cell["seeds_digest"]:
         return False
     log.warning("reproduce summary: %s/cells/%s__%s.json trained on another %s than %s holds now; left out "
                 "(resume the folder with --models %s to train it again)", folder.name, cell.get("model"),
@@ -126,7 +129,8 @@ def summary_rows(folders) -> list[dict]:
         cells = [_load_json(p) for p in sorted((folder / "cells").glob("*.json"))]
         if not cells:
             raise ValueError(f"reproduce summary: {folder}/cells holds no finished cell")
-        cells = [c for c in cells if not _stale(folder, c)]
+        digests: dict = {}
+        cells = [c for c in cells if not _stale(folder, c, digests)]
         for model in dict.fromkeys(c["model"] for c in cells):
             mine = {c["seeds"]: c for c in cells if c["model"] == model}
             for protocol, entries in _views(mine):

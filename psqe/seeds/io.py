@@ -27,7 +27,6 @@ from ..features._util import atomic_write
 from .pipeline import SeedResult
 
 
-
 def tsv_text(seeds: torch.Tensor) -> str:
     """``id1<TAB>id2`` lines of a ``[S, 2]`` seed tensor."""
     return "".join(f"{a}\t{b}\n" for a, b in seeds.tolist())
